@@ -1,0 +1,377 @@
+"""Parameterised leaves: compressed tensors that know their dense form.
+
+A parameter tree may hold, in place of a dense array, a *compressed leaf*: a
+registered pytree dataclass whose array fields are the trainable or stored
+pieces (low-rank factors, integer codes and scales, a codebook and indices)
+and whose static fields describe the dense tensor it stands for. Every
+compressed leaf can
+
+* ``materialize()`` itself into the dense array (differentiably, under jit);
+* report ``shape``/``dtype``/``size`` of that dense array;
+* report ``storage_bits()``, the bits it needs when stored;
+* report ``compute_fraction()``, the fraction of the dense layer's
+  multiply-accumulates needed when the compressed form is executed directly,
+  and ``weight_bits``, the bit width of its weights for bit-operation counts.
+
+:func:`materialize` turns every compressed leaf in a tree back into a dense
+array so that an unchanged model runs on it.
+
+New leaf types subclass :class:`CompressedLeaf` and decorate with
+:func:`compressed_leaf`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, ClassVar, TypeVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "CompressedLeaf",
+    "compressed_leaf",
+    "static_field",
+    "is_compressed",
+    "materialize",
+    "LowRank",
+    "QArray",
+    "Codebook",
+    "dtype_bits",
+]
+
+T = TypeVar("T")
+
+
+def static_field(**kwargs: Any) -> Any:
+    """A dataclass field that is static pytree metadata (not an array child)."""
+    metadata = dict(kwargs.pop("metadata", {}) or {})
+    metadata["static"] = True
+    return dataclasses.field(metadata=metadata, **kwargs)
+
+
+def compressed_leaf(cls: type[T]) -> type[T]:
+    """Class decorator: a frozen dataclass registered as a JAX pytree.
+
+    Fields declared with :func:`static_field` become static metadata; all other
+    fields are pytree children (arrays that jit traces and grad differentiates).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> @compressed_leaf
+      ... class Scaled(CompressedLeaf):
+      ...     base: jnp.ndarray
+      ...     factor: float = static_field(default=2.0)
+      ...     def materialize(self):
+      ...         return self.base * self.factor
+      >>> materialize({"w": Scaled(jnp.ones(3))})["w"].tolist()
+      [2.0, 2.0, 2.0]
+    """
+    if not issubclass(cls, CompressedLeaf):
+        raise TypeError(f"{cls.__name__} must subclass jaxcomp.CompressedLeaf")
+    cls = dataclasses.dataclass(frozen=True)(cls)
+    data, meta = [], []
+    for f in dataclasses.fields(cls):
+        (meta if f.metadata.get("static", False) else data).append(f.name)
+    jax.tree_util.register_dataclass(cls, data_fields=data, meta_fields=meta)
+    return cls
+
+
+def dtype_bits(dtype: Any) -> int:
+    """Bits per element of a dtype (bool counts as 1 bit)."""
+    dtype = np.dtype(dtype)
+    if dtype == np.bool_:
+        return 1
+    if jnp.issubdtype(dtype, jnp.integer) and dtype.name.startswith(("int4", "uint4")):
+        return 4
+    return dtype.itemsize * 8
+
+
+def _num_bits_for(n: int) -> int:
+    return max(1, math.ceil(math.log2(n))) if n > 1 else 1
+
+
+class CompressedLeaf:
+    """Base class of parameterised leaves.
+
+    Subclasses must implement :meth:`materialize` and should override
+    :meth:`storage_bits`, :meth:`compute_fraction` and :attr:`weight_bits`
+    where the defaults (dense storage of all array children, no compute saving,
+    bit width of the dense dtype) are not right.
+    """
+
+    kind: ClassVar[str] = "compressed"
+
+    def materialize(self) -> jax.Array:  # pragma: no cover - abstract
+        """Returns the dense array this leaf stands for."""
+        raise NotImplementedError
+
+    # The dense tensor this leaf stands for.
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(jax.eval_shape(self.materialize).shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(jax.eval_shape(self.materialize).dtype)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(math.prod(self.shape))
+
+    def arrays(self) -> list[jax.Array]:
+        """The array children of this leaf."""
+        return jax.tree_util.tree_leaves(self)
+
+    def storage_bits(self) -> int:
+        """Bits needed to store this leaf (default: every child at its dtype)."""
+        return int(sum(int(np.size(a)) * dtype_bits(a.dtype) for a in self.arrays()))
+
+    def compute_fraction(self) -> float:
+        """MACs of the compressed form over the dense layer's MACs (default 1)."""
+        return 1.0
+
+    @property
+    def weight_bits(self) -> int:
+        """Bit width of the weights when executed (for bit-operation counts)."""
+        return dtype_bits(self.dtype)
+
+
+def is_compressed(x: Any) -> bool:
+    """True for a :class:`CompressedLeaf` instance."""
+    return isinstance(x, CompressedLeaf)
+
+
+def materialize(tree: Any) -> Any:
+    """Replaces every compressed leaf of a tree by its dense array.
+
+    Differentiable and jittable; other leaves pass through unchanged (the same
+    objects).
+
+    Args:
+      tree: any pytree, possibly holding :class:`CompressedLeaf` instances.
+
+    Returns:
+      The tree with the same structure as the original dense tree.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> lr = LowRank(jnp.ones((4, 2)), jnp.ones((2, 3)))
+      >>> materialize({"kernel": lr, "bias": jnp.zeros(3)})["kernel"].shape
+      (4, 3)
+    """
+    return jax.tree_util.tree_map(
+        lambda x: x.materialize() if is_compressed(x) else x, tree, is_leaf=is_compressed
+    )
+
+
+def _check_static_shape(shape: tuple[int, ...] | None, size: int, what: str) -> None:
+    if shape is not None and math.prod(shape) != size:
+        raise ValueError(
+            f"{what}: shape {tuple(shape)} has {math.prod(shape)} elements but the factors "
+            f"produce {size}; pass the dense shape the factors reshape to"
+        )
+
+
+@compressed_leaf
+class LowRank(CompressedLeaf):
+    """A matrix (or a reshaped tensor) stored as the product ``u @ v``.
+
+    ``u`` has shape ``(m, r)`` and ``v`` ``(r, n)``; the dense form is
+    ``(u @ v).reshape(shape)`` where ``shape`` defaults to ``(m, n)`` and lets a
+    conv kernel ``(kh, kw, cin, cout)`` be factorised as ``(kh*kw*cin, cout)``.
+    Executed directly, a layer needs ``r (m + n)`` instead of ``m n`` MACs per
+    output position.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> w = LowRank(jnp.ones((6, 2)), jnp.ones((2, 4)))
+      >>> w.shape, w.rank, round(w.compute_fraction(), 4)
+      ((6, 4), 2, 0.8333)
+
+    References:
+      Denton et al., "Exploiting linear structure within convolutional
+      networks for efficient evaluation", arXiv:1404.0736.
+    """
+
+    u: jax.Array
+    v: jax.Array
+    dense_shape: tuple[int, ...] | None = static_field(default=None)
+    dense_dtype: Any = static_field(default=None)
+
+    kind: ClassVar[str] = "lowrank"
+
+    def __post_init__(self):
+        u, v = self.u, self.v
+        if not (hasattr(u, "shape") and hasattr(v, "shape")):
+            return  # placeholder leaves built by tree utilities (e.g. object() sentinels)
+        if len(u.shape) != 2 or len(v.shape) != 2:
+            raise ValueError(
+                f"LowRank: u and v must be matrices, got u{tuple(u.shape)} and v{tuple(v.shape)}"
+            )
+        if u.shape[1] != v.shape[0]:
+            raise ValueError(
+                f"LowRank: inner dimensions differ: u{tuple(u.shape)} @ v{tuple(v.shape)}; "
+                "u must be (m, r) and v (r, n)"
+            )
+        _check_static_shape(self.dense_shape, u.shape[0] * v.shape[1], "LowRank")
+
+    @property
+    def rank(self) -> int:
+        return int(self.u.shape[1])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        if self.dense_shape is not None:
+            return tuple(self.dense_shape)
+        return (int(self.u.shape[0]), int(self.v.shape[1]))
+
+    @property
+    def dtype(self) -> np.dtype:
+        if self.dense_dtype is not None:
+            return np.dtype(self.dense_dtype)
+        return np.dtype(jnp.result_type(self.u.dtype, self.v.dtype))
+
+    def materialize(self) -> jax.Array:
+        w = jnp.matmul(self.u, self.v)
+        return w.reshape(self.shape).astype(self.dtype)
+
+    def compute_fraction(self) -> float:
+        m, n = int(self.u.shape[0]), int(self.v.shape[1])
+        return self.rank * (m + n) / (m * n)
+
+
+@compressed_leaf
+class QArray(CompressedLeaf):
+    """Integer codes with an affine scale: ``dense = (values - zero_point) * scale``.
+
+    ``scale`` and ``zero_point`` broadcast against ``values`` (per-tensor
+    scalars, or per-channel with size-1 axes elsewhere). ``bits`` is the code
+    width actually used (``values`` may be held in a wider integer dtype).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> q = QArray(jnp.array([-2, 0, 3], jnp.int8), jnp.float32(0.5), jnp.int8(0), bits=4)
+      >>> q.materialize().tolist(), q.storage_bits()
+      ([-1.0, 0.0, 1.5], 52)
+
+    References:
+      Jacob et al., "Quantization and training of neural networks for
+      efficient integer-arithmetic-only inference", arXiv:1712.05877.
+    """
+
+    values: jax.Array
+    scale: jax.Array
+    zero_point: jax.Array
+    bits: int = static_field(default=8)
+    dense_dtype: Any = static_field(default=jnp.float32)
+
+    kind: ClassVar[str] = "quantized"
+
+    def __post_init__(self):
+        if not hasattr(self.values, "shape"):
+            return
+        if not isinstance(self.bits, int) or isinstance(self.bits, bool) or not 1 <= self.bits <= 32:
+            raise ValueError(f"QArray: bits must be an int in [1, 32], got {self.bits!r}")
+        for name in ("scale", "zero_point"):
+            arr = getattr(self, name)
+            if not hasattr(arr, "shape"):
+                continue
+            try:
+                np.broadcast_shapes(tuple(arr.shape), tuple(self.values.shape))
+            except ValueError:
+                raise ValueError(
+                    f"QArray: {name} of shape {tuple(arr.shape)} does not broadcast against "
+                    f"values of shape {tuple(self.values.shape)}; keep size-1 axes for "
+                    "per-channel parameters"
+                ) from None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.values.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.dense_dtype)
+
+    def materialize(self) -> jax.Array:
+        v = self.values.astype(self.dtype)
+        return ((v - self.zero_point.astype(self.dtype)) * self.scale.astype(self.dtype)).astype(
+            self.dtype
+        )
+
+    def storage_bits(self) -> int:
+        side = sum(int(np.size(a)) * dtype_bits(a.dtype) for a in (self.scale, self.zero_point))
+        return int(np.size(self.values)) * self.bits + side
+
+    @property
+    def weight_bits(self) -> int:
+        return self.bits
+
+
+@compressed_leaf
+class Codebook(CompressedLeaf):
+    """Weight sharing: ``dense = centroids[indices]``.
+
+    ``centroids`` is a vector of ``k`` shared values; ``indices`` has the dense
+    shape and holds integers in ``[0, k)``. Stored with ``ceil(log2 k)`` bits per
+    index plus the codebook at its dtype.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> c = Codebook(jnp.array([-1.0, 0.0, 2.0]), jnp.array([[0, 2], [1, 1]]))
+      >>> c.materialize().tolist(), c.index_bits
+      ([[-1.0, 2.0], [0.0, 0.0]], 2)
+
+    References:
+      Han, Mao, Dally, "Deep compression", arXiv:1510.00149.
+    """
+
+    centroids: jax.Array
+    indices: jax.Array
+
+    kind: ClassVar[str] = "codebook"
+
+    def __post_init__(self):
+        if not hasattr(self.centroids, "shape"):
+            return
+        if len(self.centroids.shape) != 1:
+            raise ValueError(
+                f"Codebook: centroids must be a vector, got shape {tuple(self.centroids.shape)}"
+            )
+        if hasattr(self.indices, "dtype") and not jnp.issubdtype(self.indices.dtype, jnp.integer):
+            raise TypeError(f"Codebook: indices must be integers, got {self.indices.dtype}")
+
+    @property
+    def num_clusters(self) -> int:
+        return int(self.centroids.shape[0])
+
+    @property
+    def index_bits(self) -> int:
+        return _num_bits_for(self.num_clusters)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.indices.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.centroids.dtype)
+
+    def materialize(self) -> jax.Array:
+        return jnp.take(self.centroids, self.indices, axis=0)
+
+    def storage_bits(self) -> int:
+        return int(np.size(self.indices)) * self.index_bits + self.num_clusters * dtype_bits(
+            self.centroids.dtype
+        )
+
+    @property
+    def weight_bits(self) -> int:
+        return self.index_bits
