@@ -1,0 +1,23 @@
+"""Selecting parameters by path, shape, dtype and type (``where=`` arguments)."""
+
+from jaxcomp.select.paths import leaves_with_paths, path_str, paths, tree_paths
+from jaxcomp.select.selectors import (
+    Rules,
+    Selector,
+    dtype,
+    everything,
+    leaf_type,
+    ndim,
+    nothing,
+    path,
+    resolve,
+    rules,
+    selected_paths,
+    size,
+)
+
+__all__ = [
+    "leaves_with_paths", "path_str", "paths", "tree_paths", "Rules", "Selector", "dtype",
+    "everything", "leaf_type", "ndim", "nothing", "path", "resolve", "rules", "selected_paths",
+    "size",
+]
