@@ -34,11 +34,11 @@ from jaxcomp.models import _costs
 from jaxcomp.models.registry import register_model
 
 __all__ = [
+    "MNIST1DCNN",
+    "VGG_SMALL_CFG",
     "LeNet5",
     "LeNet5Classic",
-    "MNIST1DCNN",
     "VGGSmall",
-    "VGG_SMALL_CFG",
     "lenet5",
     "lenet5_classic",
     "mnist1d_cnn",
@@ -72,8 +72,8 @@ class LeNet5(nn.Module):
     Example:
       >>> import jax, jax.numpy as jnp
       >>> model = LeNet5()
-      >>> v = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
-      >>> model.apply(v, jnp.zeros((2, 28, 28, 1))).shape
+      >>> v = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+      >>> jax.eval_shape(model.apply, v, jnp.zeros((2, 28, 28, 1))).shape
       (2, 10)
 
     References:
@@ -108,7 +108,7 @@ class LeNet5Classic(nn.Module):
     Example:
       >>> import jax, jax.numpy as jnp
       >>> model = LeNet5Classic()
-      >>> v = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
+      >>> v = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
       >>> sum(x.size for x in jax.tree.leaves(v["params"]))
       61706
 
@@ -165,7 +165,9 @@ class MNIST1DCNN(nn.Module):
 
 
 #: Default ``vgg_small`` layout: VGG-11 ("A") at half width; ``"M"`` = 2x2 max pool.
-VGG_SMALL_CFG: tuple[int | str, ...] = (32, "M", 64, "M", 128, 128, "M", 256, 256, "M", 256, 256, "M")
+VGG_SMALL_CFG: tuple[int | str, ...] = (
+    32, "M", 64, "M", 128, 128, "M", 256, 256, "M", 256, 256, "M"
+)  # fmt: skip
 
 
 class VGGSmall(nn.Module):
@@ -184,7 +186,7 @@ class VGGSmall(nn.Module):
     Example:
       >>> import jax, jax.numpy as jnp
       >>> model = VGGSmall()
-      >>> v = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+      >>> v = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
       >>> sorted(v)
       ['batch_stats', 'params']
 

@@ -27,6 +27,7 @@ References:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -38,13 +39,13 @@ from jaxcomp.models.registry import register_model
 
 __all__ = [
     "MLP",
-    "mlp",
-    "lenet300",
-    "mnist1d_mlp",
-    "lottery_mlp",
-    "kd_teacher",
     "kd_student",
+    "kd_teacher",
+    "lenet300",
+    "lottery_mlp",
+    "mlp",
     "mlp_costs",
+    "mnist1d_mlp",
 ]
 
 
@@ -122,7 +123,9 @@ def mlp(widths: Sequence[int], residual: bool = False, dropout: float = 0.0) -> 
     """
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
-    return MLP(widths=tuple(int(w) for w in widths), residual=bool(residual), dropout=float(dropout))
+    return MLP(
+        widths=tuple(int(w) for w in widths), residual=bool(residual), dropout=float(dropout)
+    )
 
 
 def mlp_costs(
@@ -130,7 +133,7 @@ def mlp_costs(
 ) -> tuple[int, int]:
     """``(params, macs)`` of an MLP ``in_features-hidden...-num_classes`` (residuals are free)."""
     widths = (in_features, *hidden, num_classes)
-    return _costs.total(*(_costs.dense(a, b) for a, b in zip(widths[:-1], widths[1:])))
+    return _costs.total(*(_costs.dense(a, b) for a, b in itertools.pairwise(widths)))
 
 
 def _input_shape(in_features: int, **_unused) -> tuple[int, ...]:
@@ -138,7 +141,9 @@ def _input_shape(in_features: int, **_unused) -> tuple[int, ...]:
 
 
 def _nnx_mlp(rngs, *, in_features, hidden, num_classes, residual=False, dropout=0.0):
-    return MLPNNX((in_features, *hidden, num_classes), residual=residual, dropout=dropout, rngs=rngs)
+    return MLPNNX(
+        (in_features, *hidden, num_classes), residual=residual, dropout=dropout, rngs=rngs
+    )
 
 
 @register_model(

@@ -26,7 +26,7 @@ from typing import Any
 import jax
 from flax import nnx
 
-__all__ = ["MLPNNX", "LeNet300NNX", "MNIST1DMLPNNX", "load_params", "params_dict"]
+__all__ = ["MLPNNX", "MNIST1DMLPNNX", "LeNet300NNX", "load_params", "params_dict"]
 
 
 class MLPNNX(nnx.Module):
@@ -145,7 +145,9 @@ def load_params(model: nnx.Module, params: Mapping[str, Any]) -> nnx.Module:
     state = nnx.state(model, nnx.Param)
     current = nnx.to_pure_dict(state)
     params = _to_plain(params)
-    cur_paths = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(current)}
+    cur_paths = {
+        jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(current)
+    }
     new_paths = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(params)}
     if set(cur_paths) != set(new_paths):
         missing = sorted(set(cur_paths) - set(new_paths))

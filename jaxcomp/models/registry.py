@@ -41,7 +41,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-__all__ = ["ModelSpec", "register_model", "get_model", "list_models"]
+__all__ = ["ModelSpec", "get_model", "list_models", "register_model"]
 
 # Names a Module dataclass accepts but that are not architecture overrides.
 _NON_OVERRIDES = frozenset({"parent", "name"})
@@ -87,6 +87,10 @@ class ModelSpec:
     nnx_factory: Callable[..., Any] | None = None
     config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
+    def _train_kwargs(self, train: bool) -> dict[str, bool]:
+        """``{"train": train}`` if the module's ``__call__`` takes ``train``, else ``{}``."""
+        return {"train": train} if _accepts_train(self.module) else {}
+
     def make(self) -> nn.Module:
         """Returns a fresh, unbound copy of :attr:`module`."""
         return self.module.clone()
@@ -115,12 +119,16 @@ class ModelSpec:
           jit: compile the initialiser (faster for large models).
         """
         x = self.example_input(batch_size)
+        return (self._jitted_init if jit else self._init)(key, x)
 
-        def _init(k, x):
-            pkey, dkey = jax.random.split(k)
-            return self.module.init({"params": pkey, "dropout": dkey}, x, train=False)
+    def _init(self, key: jax.Array, x: jax.Array) -> dict:
+        pkey, dkey = jax.random.split(key)
+        return self.module.init({"params": pkey, "dropout": dkey}, x, **self._train_kwargs(False))
 
-        return (jax.jit(_init) if jit else _init)(key, x)
+    @functools.cached_property
+    def _jitted_init(self):
+        # Cached on the instance so repeated init() calls (e.g. several seeds) compile once.
+        return jax.jit(self._init)
 
     def eval_init(self, batch_size: int = 1) -> dict:
         """Shapes and dtypes of :meth:`init`'s result, without computing anything."""
@@ -166,13 +174,26 @@ class ModelSpec:
             )
         if train and self.uses_batch_norm:
             logits, state = self.module.apply(
-                variables, x, train=True, rngs=rngs, mutable=["batch_stats"]
+                variables, x, rngs=rngs, mutable=["batch_stats"], **self._train_kwargs(True)
             )
             state = dict(state)
         else:
-            logits = self.module.apply(variables, x, train=train, rngs=rngs)
+            logits = self.module.apply(variables, x, rngs=rngs, **self._train_kwargs(train))
             state = {}
         return (logits, state) if return_state else logits
+
+
+@functools.cache
+def _accepts_train_cls(cls: type) -> bool:
+    try:
+        params = inspect.signature(cls.__call__).parameters
+    except (TypeError, ValueError):
+        return False
+    return "train" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _accepts_train(module: nn.Module) -> bool:
+    return _accepts_train_cls(type(module))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,9 +225,7 @@ def _builder_defaults(builder: Callable[..., Any]) -> dict[str, Any]:
         if p.name in _NON_OVERRIDES or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
         if p.default is inspect.Parameter.empty:
-            raise TypeError(
-                f"model builder {builder!r}: argument '{p.name}' needs a default value"
-            )
+            raise TypeError(f"model builder {builder!r}: argument '{p.name}' needs a default value")
         out[p.name] = p.default
     return out
 
