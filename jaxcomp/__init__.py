@@ -6,7 +6,7 @@ structured matrices, distillation and compression-aware cost accounting.
 
 from jaxcomp.core import *  # noqa: F403  (core first: select depends on it)
 from jaxcomp.core import __all__ as _core_all
-from jaxcomp import select
+from jaxcomp import encode, metrics, models, select
 
 __version__ = "0.1.0"
-__all__ = ["select", *_core_all]
+__all__ = ["encode", "metrics", "models", "select", *_core_all]

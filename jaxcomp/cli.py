@@ -1,0 +1,161 @@
+"""The ``jaxcomp`` command line.
+
+Commands:
+
+* ``jaxcomp summary MODEL [--batch N] [--json] [--no-xla]``: parameters,
+  MACs (1 MAC = 2 FLOPs), XLA FLOPs, compiled memory and a per-layer table of
+  a registered reference model.
+* ``jaxcomp models``: the registered model names with their sizes.
+
+Example:
+  >>> main(["summary", "lenet300", "--json", "--no-xla"])  # doctest: +ELLIPSIS
+  {"model": "lenet300", ..., "params": 266610, ..., "macs": 266200, ...}
+  0
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["main", "summary", "build_parser"]
+
+# A freshly initialised model is dense, so unknown densities are not news.
+_ABSTRACT_WARNING = "parameter arguments are abstract"
+
+
+def summary(name: str, *, batch: int = 1, xla: bool = True) -> dict[str, Any]:
+    """Computes the summary of a registered model as a JSON-ready dict.
+
+    The model is analysed with abstract (shape-only) parameters, so nothing is
+    initialised or run: a freshly initialised model is dense, and every count
+    is exact.
+
+    Args:
+      name: a name from :func:`jaxcomp.models.list_models`.
+      batch: batch size of the analysed forward pass (MACs are per batch;
+        ``macs_per_example`` divides by it).
+      xla: also compile with XLA for its FLOP, byte and memory figures.
+
+    Returns:
+      A dict with keys ``model``, ``batch``, ``input_shape``, ``params``,
+      ``params_by_kind``, ``macs``, ``macs_per_example``, ``flops``,
+      ``xla_flops``, ``xla_bytes_accessed``, ``memory``, ``layers`` and
+      ``convention``.
+
+    Raises:
+      ValueError: an unknown model name (listing the available ones) or a
+        batch size below 1.
+    """
+    import jax
+
+    from jaxcomp import metrics, models
+
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"--batch must be a positive integer, got {batch!r}")
+    spec = models.get_model(name)
+    variables = spec.eval_init(batch)
+    x = jax.ShapeDtypeStruct((batch, *spec.input_shape), spec.input_dtype)
+    analysis = metrics.analyze(lambda v, x: spec.apply_fn(v, x), variables, x, compile=xla)
+    analysis = dataclasses.replace(
+        analysis, warnings=tuple(w for w in analysis.warnings if _ABSTRACT_WARNING not in w)
+    )
+    kinds = metrics.summarize_params(variables["params"])
+    out = analysis.to_dict()
+    return {
+        "model": spec.name,
+        "description": spec.description,
+        "reference": spec.reference,
+        "batch": batch,
+        "input_shape": list(spec.input_shape),
+        "params": metrics.count_params(variables["params"]),
+        "params_by_kind": {k: t.stored for k, t in kinds.by_kind.items() if t.stored},
+        "macs": analysis.macs,
+        "macs_per_example": analysis.macs // batch,
+        "flops": analysis.flops,
+        "xla_flops": analysis.xla_flops,
+        "xla_bytes_accessed": analysis.xla_bytes_accessed,
+        "memory": out["memory"],
+        "compile_seconds": analysis.compile_seconds,
+        "layers": out["layers"],
+        "warnings": list(analysis.warnings),
+        "convention": out["convention"],
+        "_analysis": analysis,
+    }
+
+
+def _print_summary(result: dict[str, Any]) -> None:
+    from rich.console import Console
+
+    from jaxcomp.metrics import format_bytes, format_count
+
+    # Tables need room: a pipe or a CI log gets a wide virtual terminal.
+    console = Console() if sys.stdout.isatty() else Console(width=150)
+    analysis = result["_analysis"]
+    console.print(f"[bold]{result['model']}[/bold]: {result['description']}")
+    if result["reference"]:
+        console.print(f"reference: {result['reference']}")
+    by_kind = ", ".join(f"{k} {v:,}" for k, v in result["params_by_kind"].items())
+    console.print(f"params: {result['params']:,} ({by_kind})")
+    console.print(
+        f"MACs: {result['macs']:,} for batch {result['batch']} "
+        f"({format_count(result['macs_per_example'])} per example) = "
+        f"{format_count(result['flops'])} FLOPs  [1 MAC = 2 FLOPs]"
+    )
+    if result["xla_flops"] is not None:
+        console.print(f"XLA FLOPs: {format_count(result['xla_flops'])}")
+    mem = result["memory"]
+    if mem:
+        console.print(
+            f"memory: arguments {format_bytes(mem['argument_bytes'])}, outputs "
+            f"{format_bytes(mem['output_bytes'])}, temporaries {format_bytes(mem['temp_bytes'])}, "
+            f"peak ≈ {format_bytes(mem['peak_bytes'])}"
+        )
+    console.print(analysis.table())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``jaxcomp`` command."""
+    parser = argparse.ArgumentParser(
+        prog="jaxcomp", description="Neural network compression for JAX and Flax."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("summary", help="params, MACs, FLOPs, memory and layers of a model")
+    s.add_argument("model", help="registered model name (see `jaxcomp models`)")
+    s.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.add_argument("--no-xla", action="store_true", help="skip XLA compilation figures")
+    sub.add_parser("models", help="list the registered models")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "models":
+            from jaxcomp import models
+
+            for name in models.list_models():
+                spec = models.get_model(name)
+                print(f"{name:18s} {spec.expected_params or 0:>12,} params "
+                      f"{spec.expected_macs or 0:>16,} MACs  {spec.description}")
+            return 0
+        result = summary(args.model, batch=args.batch, xla=not args.no_xla)
+    except ValueError as e:
+        print(f"jaxcomp: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        result.pop("_analysis")
+        print(json.dumps(result))
+    else:
+        _print_summary(result)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

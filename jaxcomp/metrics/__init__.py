@@ -1,0 +1,42 @@
+"""Model size, runtime memory and compute, counted honestly.
+
+* Size: :func:`count_params`, :func:`count_nonzero`, :func:`param_table`,
+  :func:`summarize_params`, and :func:`model_size_bytes` for storage under
+  bit widths, sparse formats, codebooks and Huffman coding
+  (:func:`deep_compression_report` gives Han et al.'s P / P+Q / P+Q+H).
+* Compute and memory: :func:`analyze` counts MACs from the jaxpr (1 MAC =
+  2 FLOPs), effective MACs and bit-operations under compression, XLA's own
+  FLOPs/bytes and the compiled memory footprint.
+* Time: :func:`measure_latency`.
+"""
+
+from jaxcomp.metrics.analyze import Analysis, Layer, analyze
+from jaxcomp.metrics.counting import (
+    KindTotals,
+    ParamRow,
+    ParamSummary,
+    count_nonzero,
+    count_params,
+    param_table,
+    summarize_params,
+)
+from jaxcomp.metrics.jaxpr_count import JaxprCount, OpCount, count_jaxpr, count_macs
+from jaxcomp.metrics.latency import Latency, measure_latency
+from jaxcomp.metrics.report import CONVENTION, format_bytes, format_count
+from jaxcomp.metrics.storage import (
+    DeepCompressionReport,
+    StorageReport,
+    StorageRow,
+    StorageSpec,
+    deep_compression_report,
+    model_size_bytes,
+)
+from jaxcomp.metrics.xla import MemoryStats, XlaCost, xla_cost
+
+__all__ = [
+    "Analysis", "Layer", "analyze", "KindTotals", "ParamRow", "ParamSummary", "count_nonzero",
+    "count_params", "param_table", "summarize_params", "JaxprCount", "OpCount", "count_jaxpr",
+    "count_macs", "Latency", "measure_latency", "CONVENTION", "format_bytes", "format_count",
+    "DeepCompressionReport", "StorageReport", "StorageRow", "StorageSpec",
+    "deep_compression_report", "model_size_bytes", "MemoryStats", "XlaCost", "xla_cost",
+]
