@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["main", "summary", "build_parser"]
+__all__ = ["build_parser", "main", "summary"]
 
 # A freshly initialised model is dense, so unknown densities are not news.
 _ABSTRACT_WARNING = "parameter arguments are abstract"

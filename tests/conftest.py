@@ -7,9 +7,8 @@ if _flag not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402
-
-import hypothesis  # noqa: E402
+import hypothesis
+import jax
 
 hypothesis.settings.register_profile("ci", max_examples=30, deadline=None)
 hypothesis.settings.load_profile("ci")

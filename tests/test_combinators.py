@@ -272,3 +272,97 @@ def test_validate_compressor_messages():
         update = staticmethod(lambda p, s, **k: (p, s))
 
     assert isinstance(jc.validate_compressor(Triple()), jc.Compressor)
+
+
+def test_compressors_keep_the_input_sharding_on_a_mesh():
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    assert jax.device_count() == 8
+    mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("data", "model"))
+    sharding = NamedSharding(mesh, P("data", "model"))
+    w = jax.device_put(jax.random.normal(jax.random.key(0), (16, 32)), sharding)
+    b = jax.device_put(jnp.ones(32), NamedSharding(mesh, P("model")))
+    params = {"fc": {"kernel": w, "bias": b}}
+    comp = jc.chain(jc.masked(threshold_zeroing(0.5), r".*/kernel"), max_recorder())
+    state = jax.jit(comp.init)(params)
+    assert state[0].inner_state.masks["fc"]["kernel"].sharding.is_equivalent_to(sharding, 2)
+    view = jax.jit(comp.apply)(params, state)
+    assert view["fc"]["kernel"].sharding.is_equivalent_to(sharding, 2)
+    np.testing.assert_array_equal(view["fc"]["kernel"],
+                                  np.where(np.abs(np.asarray(w)) >= 0.5, np.asarray(w), 0))
+    new, _ = jax.jit(lambda p, s: comp.update(p, s, step=0))(params, state)
+    assert new["fc"]["kernel"].sharding.is_equivalent_to(sharding, 2)
+
+
+def projecting_threshold(threshold):
+    """threshold_zeroing with a project constraint: masked weights stay zero."""
+    base = threshold_zeroing(threshold)
+    return base._replace(project=lambda p, s: jax.tree.map(lambda w, m: w * m, p, s.masks))
+
+
+@pytest.mark.parametrize(
+    "opt",
+    [
+        optax.adamw(0.05, weight_decay=0.1),
+        optax.sgd(0.1, momentum=0.9),
+        optax.lion(0.01, weight_decay=0.1),
+        optax.inject_hyperparams(optax.adam)(learning_rate=0.05),
+        optax.MultiSteps(optax.adam(0.05), every_k_schedule=2),
+    ],
+    ids=["adamw", "sgd_momentum", "lion", "inject_adam", "multisteps"],
+)
+def test_keep_compressed_keeps_pruned_weights_exactly_zero(opt):
+    key = jax.random.key(0)
+    params = {"fc": {"kernel": jax.random.normal(key, (8, 8)), "bias": jnp.ones(8)}}
+    comp = jc.masked(projecting_threshold(0.8), r".*/kernel")
+    cstate = comp.init(params)
+    pruned = cstate.inner_state.masks["fc"]["kernel"] == 0
+    assert 0 < int(pruned.sum()) < 64
+    params = comp.project(params, cstate)
+    tx = optax.chain(opt, jc.keep_compressed(comp))
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def step(params, opt_state, i):
+        grads = jax.tree.map(lambda x: jnp.cos(x + i) + 1.0, params)  # never zero
+        upd, opt_state = tx.update(grads, opt_state, params, compressor_state=cstate)
+        return optax.apply_updates(params, upd), opt_state
+
+    start = params
+    for i in range(100):
+        params, opt_state = step(params, opt_state, i)
+    k = params["fc"]["kernel"]
+    assert jnp.all(k[pruned] == 0.0)                    # exactly zero, every step
+    assert jnp.all(k[~pruned] != start["fc"]["kernel"][~pruned])  # the rest trained
+    assert not jnp.allclose(params["fc"]["bias"], 1.0)  # unselected leaves trained
+
+
+def test_keep_compressed_errors_and_no_projection():
+    comp = projecting_threshold(0.5)
+    tx = jc.keep_compressed(comp)
+    p = {"a": jnp.ones(2)}
+    with pytest.raises(ValueError, match="compressor_state=cstate"):
+        tx.update(p, tx.init(p), p)
+    with pytest.raises(ValueError, match="needs the current params"):
+        tx.update(p, tx.init(p), compressor_state=comp.init(p))
+    plain = jc.keep_compressed(jc.identity())
+    upd, _ = plain.update(p, plain.init(p))
+    assert upd is p
+
+
+def test_project_propagates_through_combinators():
+    p = _p()
+    proj = projecting_threshold(1.0)
+    for comp in (
+        jc.chain(jc.identity(), proj),
+        jc.masked(proj, r"a"),
+        jc.partition({"x": proj, "y": jc.identity()}, {"a": "x", "b": "y"}),
+        jc.inject_hyperparams(projecting_threshold)(1.0),
+        jc.named_chain(("p", proj)),
+    ):
+        s = comp.init(p)
+        out = comp.project(p, s)
+        assert out["a"].tolist() == [0.0, -2.0, 0.0]
+    assert jc.chain(jc.identity(), jc.identity()).project is None
+    assert jc.masked(proj, "b").project(p, jc.masked(proj, "b").init(p))["a"] is p["a"]

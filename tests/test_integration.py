@@ -31,7 +31,7 @@ def fixed_masks(sparsity, *, key):
         masks = []
         for i, w in enumerate(leaves):
             n = w.size
-            keep = np.random.default_rng(i).permutation(n)[: n - int(round(sparsity * n))]
+            keep = np.random.default_rng(i).permutation(n)[: n - round(sparsity * n)]
             m = np.zeros(n, bool)
             m[keep] = True
             masks.append(jnp.asarray(m.reshape(w.shape)))

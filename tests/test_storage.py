@@ -23,12 +23,8 @@ from jaxcomp.metrics.counting import (
     param_table,
     summarize_params,
 )
-from jaxcomp.metrics.storage import (
-    StorageReport,
-    StorageSpec,
-    deep_compression_report,
-    model_size_bytes,
-)
+from jaxcomp.metrics.deep_compression import deep_compression_report
+from jaxcomp.metrics.storage import StorageReport, StorageSpec, model_size_bytes
 
 # ----------------------------------------------------------------------------------------------
 # Helpers
@@ -518,11 +514,11 @@ def test_deep_compression_report_options():
     assert dc.huffman.row("fc/kernel").spec.index_bits == 5
     assert dc.huffman.row("conv/kernel").spec.index_bits == 8
     # select only fc; no codebook
-    dc2 = deep_compression_report(params, weight_bits=3, select=r"fc/kernel", codebook=False)
+    dc2 = deep_compression_report(params, weight_bits=3, where=r"fc/kernel", codebook=False)
     assert dc2.quantized.row("conv/kernel").spec is None
     assert dc2.quantized.row("fc/kernel").codebook_bits == 0
-    with pytest.raises(ValueError, match="matches no parameter path"):
-        deep_compression_report(params, weight_bits=3, select="kernel")
+    with pytest.raises(ValueError, match="where='kernel' matches no parameter"):
+        deep_compression_report(params, weight_bits=3, where="kernel")
     with pytest.raises(ValueError, match="no weight_bits pattern matches"):
         deep_compression_report(params, weight_bits={r"fc/.*": 3})
     with pytest.raises(ValueError, match="weight_bits"):

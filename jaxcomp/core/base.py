@@ -10,6 +10,10 @@ A :class:`Compressor` is a triple of pure functions over parameter pytrees:
   re-estimates the state (re-mask, recalibrate, re-cluster) and may project the
   stored parameters (e.g. zero pruned weights). It is called by training loops
   on a schedule and must be jittable with ``step`` a traced scalar.
+* ``project(params, state) -> params`` (optional) is the constraint the
+  *stored* parameters must keep between updates, e.g. pruned weights exactly
+  zero. :func:`jaxcomp.keep_compressed` applies it after every optimizer
+  step, so momentum and weight decay cannot revive a pruned weight.
 
 Trainable quantities (low-rank factors, learned step sizes) live in params;
 everything else lives in the state, so no optimizer ever decays a mask.
@@ -23,14 +27,16 @@ from typing import Any, NamedTuple, Protocol
 import jax
 
 __all__ = [
-    "Params",
-    "State",
+    "ApplyFn",
     "Compressor",
     "EmptyState",
-    "MaskedNode",
     "InitFn",
-    "ApplyFn",
+    "MaskedNode",
+    "Params",
+    "ProjectFn",
+    "State",
     "UpdateFn",
+    "project_params",
     "validate_compressor",
 ]
 
@@ -43,6 +49,10 @@ class InitFn(Protocol):
 
 
 class ApplyFn(Protocol):
+    def __call__(self, params: Params, state: State) -> Params: ...
+
+
+class ProjectFn(Protocol):
     def __call__(self, params: Params, state: State) -> Params: ...
 
 
@@ -59,6 +69,8 @@ class Compressor(NamedTuple):
       init: ``init(params) -> state``.
       apply: ``apply(params, state) -> params``, the differentiable forward view.
       update: ``update(params, state, *, step, grads=None, **extra) -> (params, state)``.
+      project: optional ``project(params, state) -> params``, the constraint the
+        stored params keep between updates (``None``: no constraint).
 
     Example:
       >>> import jax.numpy as jnp
@@ -73,6 +85,7 @@ class Compressor(NamedTuple):
     init: InitFn
     apply: ApplyFn
     update: UpdateFn
+    project: ProjectFn | None = None
 
 
 class EmptyState(NamedTuple):
@@ -98,7 +111,7 @@ def validate_compressor(c: Any, what: str = "compressor") -> Compressor:
         return c
     fields = ("init", "apply", "update")
     if all(callable(getattr(c, f, None)) for f in fields):
-        return Compressor(c.init, c.apply, c.update)
+        return Compressor(c.init, c.apply, c.update, getattr(c, "project", None))
     hint = ""
     if callable(c):
         hint = (
@@ -119,3 +132,10 @@ def tree_where(select: Any, on_true: Any, on_false: Any, is_leaf: Callable | Non
     return jax.tree_util.tree_map(
         lambda s, a, b: a if s else b, select, on_true, on_false, is_leaf=is_leaf
     )
+
+
+def project_params(compressor: Compressor, params: Params, state: State) -> Params:
+    """Applies ``compressor.project`` if it has one; otherwise returns ``params``."""
+    if compressor.project is None:
+        return params
+    return compressor.project(params, state)

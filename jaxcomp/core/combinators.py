@@ -23,6 +23,7 @@ from jaxcomp.core.base import (
     MaskedNode,
     Params,
     State,
+    project_params,
     validate_compressor,
 )
 from jaxcomp.core.errors import join_names, list_paths
@@ -30,16 +31,16 @@ from jaxcomp.select.paths import is_leaf, leaves_with_paths, path_str
 from jaxcomp.select.selectors import Rules, Selector, Where, mask_tree, resolve
 
 __all__ = [
-    "identity",
-    "stateless",
-    "chain",
-    "named_chain",
-    "partition",
-    "masked",
-    "inject_hyperparams",
     "InjectHyperparamsState",
     "MaskedState",
     "PartitionState",
+    "chain",
+    "identity",
+    "inject_hyperparams",
+    "masked",
+    "named_chain",
+    "partition",
+    "stateless",
 ]
 
 
@@ -182,7 +183,16 @@ def _chain(compressors: Sequence[Compressor], names: Sequence[str], as_dict: boo
                 view = c.apply(new_view, s)
         return stored, pack(new_states)
 
-    return Compressor(init, apply, update)
+    project = None
+    if any(c.project is not None for c in cs):
+
+        def project(params, state):
+            # Constraints hold on the stored params, stage by stage.
+            for c, s in zip(cs, states_of(state)):
+                params = project_params(c, params, s)
+            return params
+
+    return Compressor(init, apply, update, project)
 
 
 def chain(*compressors: Compressor) -> Compressor:
@@ -317,7 +327,15 @@ def masked(compressor: Compressor, where: Where, *, allow_empty: bool = False) -
         )
         return _merge(flags, new, params), MaskedState(inner)
 
-    return Compressor(init, apply, update)
+    project = None
+    if compressor.project is not None:
+
+        def project(params, state):
+            flags = flags_for(params)
+            new = compressor.project(mask_tree(flags, params), state.inner_state)
+            return _merge(flags, new, params)
+
+    return Compressor(init, apply, update, project)
 
 
 def _labels_for(labels: Any, params: Params) -> Any:
@@ -406,7 +424,19 @@ def partition(compressors: Mapping[str, Compressor], labels: Any) -> Compressor:
             out = _merge(flags[k], new, out)
         return out, PartitionState(new_states)
 
-    return Compressor(init, apply, update)
+    project = None
+    if any(c.project is not None for c in cs.values()):
+
+        def project(params, state):
+            flags = flags_by_label(params)
+            out = params
+            for k, c in cs.items():
+                if c.project is not None:
+                    new = c.project(mask_tree(flags[k], params), state.inner_states[k])
+                    out = _merge(flags[k], new, out)
+            return out
+
+    return Compressor(init, apply, update, project)
 
 
 # ---------------------------------------------------------------- inject_hyperparams
@@ -507,7 +537,10 @@ def inject_hyperparams(
             )
             return new, InjectHyperparamsState(hps, inner)
 
-        return Compressor(init, apply, update)
+        def project(params, state):
+            return project_params(build(state.hyperparams), params, state.inner_state)
+
+        return Compressor(init, apply, update, project)
 
     wrapped.__name__ = f"injected_{getattr(factory, '__name__', 'factory')}"
     wrapped.__doc__ = factory.__doc__

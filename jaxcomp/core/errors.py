@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable, Sequence
 
 _MAX_LISTED = 12
@@ -71,7 +72,7 @@ def check_in_range(
         except (TypeError, ValueError):
             raise TypeError(f"{name} must be a real number, got {type(value).__name__}") from None
     at = f" (for parameter '{where}')" if where else ""
-    if value != value:
+    if math.isnan(value):
         raise ValueError(f"{name} is NaN{at}; pass a finite number")
     lo = "[" if low_inclusive else "("
     hi = "]" if high_inclusive else ")"

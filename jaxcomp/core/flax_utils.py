@@ -17,7 +17,7 @@ import jax
 
 from jaxcomp.select.paths import leaves_with_paths
 
-__all__ = ["unbox", "nnx_split", "nnx_merge", "params_of", "NnxDef"]
+__all__ = ["NnxDef", "nnx_merge", "nnx_split", "params_of", "unbox"]
 
 
 def unbox(tree: Any) -> Any:

@@ -49,7 +49,7 @@ class LeafInfo:
             if v is not None and (int(v) != v or v < 1):
                 raise ValueError(f"LeafInfo.{name}={v!r} must be a positive integer")
 
-    def combine(self, other: "LeafInfo") -> "LeafInfo":
+    def combine(self, other: LeafInfo) -> LeafInfo:
         """Combines two independent facts: densities and fractions multiply, bits take the min."""
 
         def mul(a, b):

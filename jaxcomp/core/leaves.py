@@ -31,15 +31,15 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
+    "Codebook",
     "CompressedLeaf",
-    "compressed_leaf",
-    "static_field",
-    "is_compressed",
-    "materialize",
     "LowRank",
     "QArray",
-    "Codebook",
+    "compressed_leaf",
     "dtype_bits",
+    "is_compressed",
+    "materialize",
+    "static_field",
 ]
 
 T = TypeVar("T")

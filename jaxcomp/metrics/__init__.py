@@ -20,23 +20,40 @@ from jaxcomp.metrics.counting import (
     param_table,
     summarize_params,
 )
+from jaxcomp.metrics.deep_compression import DeepCompressionReport, deep_compression_report
 from jaxcomp.metrics.jaxpr_count import JaxprCount, OpCount, count_jaxpr, count_macs
 from jaxcomp.metrics.latency import Latency, measure_latency
 from jaxcomp.metrics.report import CONVENTION, format_bytes, format_count
-from jaxcomp.metrics.storage import (
-    DeepCompressionReport,
-    StorageReport,
-    StorageRow,
-    StorageSpec,
-    deep_compression_report,
-    model_size_bytes,
-)
+from jaxcomp.metrics.storage import StorageReport, StorageRow, StorageSpec, model_size_bytes
 from jaxcomp.metrics.xla import MemoryStats, XlaCost, xla_cost
 
 __all__ = [
-    "Analysis", "Layer", "analyze", "KindTotals", "ParamRow", "ParamSummary", "count_nonzero",
-    "count_params", "param_table", "summarize_params", "JaxprCount", "OpCount", "count_jaxpr",
-    "count_macs", "Latency", "measure_latency", "CONVENTION", "format_bytes", "format_count",
-    "DeepCompressionReport", "StorageReport", "StorageRow", "StorageSpec",
-    "deep_compression_report", "model_size_bytes", "MemoryStats", "XlaCost", "xla_cost",
+    "CONVENTION",
+    "Analysis",
+    "DeepCompressionReport",
+    "JaxprCount",
+    "KindTotals",
+    "Latency",
+    "Layer",
+    "MemoryStats",
+    "OpCount",
+    "ParamRow",
+    "ParamSummary",
+    "StorageReport",
+    "StorageRow",
+    "StorageSpec",
+    "XlaCost",
+    "analyze",
+    "count_jaxpr",
+    "count_macs",
+    "count_nonzero",
+    "count_params",
+    "deep_compression_report",
+    "format_bytes",
+    "format_count",
+    "measure_latency",
+    "model_size_bytes",
+    "param_table",
+    "summarize_params",
+    "xla_cost",
 ]

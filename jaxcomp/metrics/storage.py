@@ -4,7 +4,7 @@
 takes when stored as a :class:`StorageSpec` says (value width, sparse index
 format, shared-value codebook, Huffman coding), counted exactly from the
 actual data with the encoders of :mod:`jaxcomp.encode`.
-:func:`deep_compression_report` gives the three stages Han et al. report:
+:func:`~jaxcomp.metrics.deep_compression_report` gives the three stages Han et al. report:
 pruning with relative indices (P), plus quantized shared values (P+Q), plus
 Huffman coding of both streams (P+Q+H).
 
@@ -68,11 +68,9 @@ from jaxcomp.select.paths import leaves_with_paths
 __all__ = [
     "BASELINE_BITS",
     "STORAGE_FORMATS",
-    "DeepCompressionReport",
     "StorageReport",
     "StorageRow",
     "StorageSpec",
-    "deep_compression_report",
     "model_size_bytes",
 ]
 
@@ -642,194 +640,3 @@ def model_size_bytes(params: Any, spec: SpecLike = None, *, strict: bool = False
             rows.append(row)
             warnings.extend(w)
     return StorageReport(rows=tuple(rows), warnings=tuple(warnings))
-
-
-# --------------------------------------------------------------------------------------------
-# Deep Compression stages
-
-
-def _per_leaf_int(value: Any, name: str, low: int, high: int) -> Callable[[str, Any], int]:
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        v = _int_field(name, value, low, high)
-        return lambda path, leaf: v
-    if isinstance(value, Mapping):
-        compiled = []
-        for pattern, v in value.items():
-            try:
-                compiled.append((re.compile(pattern), _int_field(name, v, low, high)))
-            except re.error as e:
-                raise ValueError(f"invalid regex {pattern!r} in {name}: {e}") from None
-
-        def lookup(path: str, leaf: Any) -> int:
-            for rx, v in compiled:
-                if rx.fullmatch(path):
-                    return v
-            raise ValueError(
-                f"no {name} pattern matches the selected leaf '{path}'; add a rule for it "
-                f"(patterns: {[rx.pattern for rx, _ in compiled]})"
-            )
-
-        return lookup
-    if callable(value):
-        return lambda path, leaf: _int_field(name, value(path, leaf), low, high)
-    raise TypeError(f"{name} must be an int, a mapping regex -> int, or a callable; got {value!r}")
-
-
-@dataclasses.dataclass(frozen=True)
-class DeepCompressionReport:
-    """The three Deep Compression stages of one parameter tree.
-
-    Attributes:
-      pruned: P, pruning with relative indices, values at 32 bits.
-      quantized: P+Q, values as ``weight_bits``-bit indices into a codebook of
-        ``2**weight_bits`` 32-bit centroids (when ``codebook=True``).
-      huffman: P+Q+H, Huffman coding of values and relative indices (``None``
-        if not requested).
-    """
-
-    pruned: StorageReport
-    quantized: StorageReport
-    huffman: StorageReport | None
-
-    @property
-    def stages(self) -> dict[str, StorageReport]:
-        """``{"P": ..., "P+Q": ..., "P+Q+H": ...}``."""
-        out = {"P": self.pruned, "P+Q": self.quantized}
-        if self.huffman is not None:
-            out["P+Q+H"] = self.huffman
-        return out
-
-    def summary(self) -> dict[str, dict[str, Any]]:
-        """Per stage (and the 32-bit dense baseline): bits, bytes, bits per weight, ratio."""
-        n = self.pruned.n_weights
-        out = {
-            "dense": {
-                "total_bits": BASELINE_BITS * n,
-                "total_bytes": -(-BASELINE_BITS * n // 8),
-                "bits_per_weight": float(BASELINE_BITS) if n else 0.0,
-                "ratio": 1.0,
-            }
-        }
-        for name, rep in self.stages.items():
-            out[name] = {
-                "total_bits": rep.total_bits,
-                "total_bytes": rep.total_bytes,
-                "bits_per_weight": rep.bits_per_weight,
-                "ratio": _finite_or_none(rep.ratio),
-            }
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict: the summary and every stage's report."""
-        return {
-            "summary": self.summary(),
-            "stages": {k: v.to_dict() for k, v in self.stages.items()},
-        }
-
-
-def deep_compression_report(
-    params: Any,
-    *,
-    weight_bits: int | Mapping[str, int] | Callable[[str, Any], int],
-    index_bits: int | Mapping[str, int] | Callable[[str, Any], int] = 5,
-    select: str | Callable[[str, Any], bool] | None = None,
-    codebook: bool = True,
-    codebook_bits: int = 32,
-    include_huffman: bool = True,
-    strict: bool = False,
-) -> DeepCompressionReport:
-    """Storage after pruning (P), quantization (P+Q) and Huffman coding (P+Q+H).
-
-    Selected leaves are stored in the ``relative`` format with
-    ``index_bits``-bit fields and filler zeros. P charges 32 bits per stored
-    value; P+Q charges ``weight_bits`` bits plus a codebook of
-    ``2**weight_bits`` centroids at ``codebook_bits`` bits (``codebook=False``
-    drops the codebook); P+Q+H Huffman-codes both streams. Other leaves are
-    dense at their dtype width in every stage; compressed leaves report their
-    own storage.
-
-    Args:
-      params: the pruned (and, for P+Q+H, quantized) parameter tree.
-      weight_bits: value index width in [1, 32]: an int, a mapping ``regex ->
-        int`` (full match, first wins; every selected leaf must match) or a
-        callable ``(path, leaf) -> int``. Han et al.: 8 for conv, 5 for FC
-        (LeNet-300-100: 6).
-      index_bits: relative index width in [1, 32], same forms (Han et al.: 8
-        conv, 5 FC).
-      select: which dense leaves are compressed: a regex (full match), a
-        callable ``(path, leaf) -> bool``, or ``None`` for ``ndim >= 2``
-        (kernels and embeddings; biases and norm parameters stay dense).
-      codebook: charge a ``2**weight_bits``-entry codebook.
-      codebook_bits: bits per centroid.
-      include_huffman: compute P+Q+H (it needs quantized weights: each
-        selected leaf must store at most ``2**weight_bits`` distinct values,
-        the filler zero included).
-      strict: passed to :func:`model_size_bytes` for P+Q.
-
-    Returns:
-      A :class:`DeepCompressionReport`.
-
-    Example:
-      >>> import numpy as np
-      >>> rng = np.random.default_rng(0)
-      >>> w = rng.choice([-0.5, 0.0, 0.0, 0.0, 0.25, 0.5], size=(64, 64)).astype(np.float32)
-      >>> dc = deep_compression_report({"Dense_0": {"kernel": w, "bias": np.zeros(64)}},
-      ...                              weight_bits=2, index_bits=3)
-      >>> s = dc.summary()
-      >>> s["P"]["ratio"] < s["P+Q"]["ratio"] < s["P+Q+H"]["ratio"]
-      True
-
-    References:
-      Han, Mao, Dally, "Deep compression", arXiv:1510.00149 (Table 1, Fig. 2).
-    """
-    if not isinstance(codebook, bool) or not isinstance(include_huffman, bool):
-        raise TypeError("codebook and include_huffman must be bools")
-    wb_of = _per_leaf_int(weight_bits, "weight_bits", 1, 32)
-    ib_of = _per_leaf_int(index_bits, "index_bits", 1, 32)
-    items = leaves_with_paths(params)
-    paths = [p for p, _ in items]
-    if select is None:
-
-        def selected(path: str, leaf: Any) -> bool:
-            return len(getattr(leaf, "shape", ())) >= 2
-    elif isinstance(select, str):
-        try:
-            rx = re.compile(select)
-        except re.error as e:
-            raise ValueError(f"invalid regex {select!r} in select: {e}") from None
-        if not any(rx.fullmatch(p) for p in paths):
-            raise ValueError(
-                f"select pattern {select!r} matches no parameter path; available paths:\n"
-                f"{list_paths(paths, close_to=select)}"
-            )
-
-        def selected(path: str, leaf: Any) -> bool:
-            return rx.fullmatch(path) is not None
-    elif callable(select):
-        selected = select
-    else:
-        raise TypeError(f"select must be a regex string, a callable or None; got {select!r}")
-
-    def stage(quantize: bool, huff: bool) -> Callable[[str, Any], StorageSpec | None]:
-        def spec(path: str, leaf: Any) -> StorageSpec | None:
-            if isinstance(leaf, CompressedLeaf) or not selected(path, leaf):
-                return None
-            ib = ib_of(path, leaf)
-            if not quantize:
-                return StorageSpec(bits=32, format="relative", index_bits=ib)
-            wb = wb_of(path, leaf)
-            return StorageSpec(
-                bits=wb,
-                format="relative",
-                index_bits=ib,
-                codebook=(1 << wb) if codebook else None,
-                codebook_bits=codebook_bits,
-                huffman=huff,
-            )
-
-        return spec
-
-    pruned = model_size_bytes(params, stage(False, False))
-    quantized = model_size_bytes(params, stage(True, False), strict=strict)
-    huffman = model_size_bytes(params, stage(True, True)) if include_huffman else None
-    return DeepCompressionReport(pruned=pruned, quantized=quantized, huffman=huffman)

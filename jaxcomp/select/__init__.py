@@ -17,7 +17,20 @@ from jaxcomp.select.selectors import (
 )
 
 __all__ = [
-    "leaves_with_paths", "path_str", "paths", "tree_paths", "Rules", "Selector", "dtype",
-    "everything", "leaf_type", "ndim", "nothing", "path", "resolve", "rules", "selected_paths",
+    "Rules",
+    "Selector",
+    "dtype",
+    "everything",
+    "leaf_type",
+    "leaves_with_paths",
+    "ndim",
+    "nothing",
+    "path",
+    "path_str",
+    "paths",
+    "resolve",
+    "rules",
+    "selected_paths",
     "size",
+    "tree_paths",
 ]

@@ -19,7 +19,7 @@ from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 
 from jaxcomp.core.leaves import is_compressed
 
-__all__ = ["path_str", "leaves_with_paths", "paths", "is_leaf", "tree_paths"]
+__all__ = ["is_leaf", "leaves_with_paths", "path_str", "paths", "tree_paths"]
 
 # Attribute names that only unwrap a boxed value and add no path component.
 _BOX_ATTRS = frozenset({"value", "raw_value", "unbox"})

@@ -32,19 +32,19 @@ from jaxcomp.core.errors import list_paths
 from jaxcomp.select.paths import is_leaf, leaves_with_paths, path_str
 
 __all__ = [
+    "Rules",
     "Selector",
     "Where",
-    "path",
-    "ndim",
-    "size",
     "dtype",
-    "leaf_type",
     "everything",
+    "leaf_type",
+    "ndim",
     "nothing",
+    "path",
     "resolve",
-    "selected_paths",
     "rules",
-    "Rules",
+    "selected_paths",
+    "size",
 ]
 
 
@@ -84,19 +84,19 @@ class Selector:
     def __call__(self, path: str, leaf: Any) -> bool:
         return bool(self._fn(path, leaf))
 
-    def __and__(self, other: "Selector") -> "Selector":
+    def __and__(self, other: Selector) -> Selector:
         other = _as_selector(other)
         return Selector(
             lambda p, x: self(p, x) and other(p, x), f"({self.description} & {other.description})"
         )
 
-    def __or__(self, other: "Selector") -> "Selector":
+    def __or__(self, other: Selector) -> Selector:
         other = _as_selector(other)
         return Selector(
             lambda p, x: self(p, x) or other(p, x), f"({self.description} | {other.description})"
         )
 
-    def __invert__(self) -> "Selector":
+    def __invert__(self) -> Selector:
         return Selector(lambda p, x: not self(p, x), f"~{self.description}")
 
     def __repr__(self) -> str:
@@ -129,7 +129,7 @@ def _check_bounds(name: str, lo: int | None, hi: int | None) -> None:
         raise ValueError(f"select.{name}: min={lo} exceeds max={hi}")
 
 
-def ndim(min: int | None = None, max: int | None = None) -> Selector:  # noqa: A002
+def ndim(min: int | None = None, max: int | None = None) -> Selector:
     """Selects leaves with ``min <= ndim <= max`` (bounds optional)."""
     _check_bounds("ndim", min, max)
     return Selector(
@@ -139,7 +139,7 @@ def ndim(min: int | None = None, max: int | None = None) -> Selector:  # noqa: A
     )
 
 
-def size(min: int | None = None, max: int | None = None) -> Selector:  # noqa: A002
+def size(min: int | None = None, max: int | None = None) -> Selector:
     """Selects leaves with ``min <= size <= max`` elements (bounds optional)."""
     _check_bounds("size", min, max)
 
@@ -298,7 +298,7 @@ def resolve(where: Where, params: Any, *, allow_empty: bool = False, default: bo
         p = path_str(kp)
         try:
             flags.append(bool(sel(p, leaf)))
-        except Exception as e:  # noqa: BLE001 - re-raised with the path
+        except Exception as e:
             raise type(e)(f"{_describe(where)} failed on parameter '{p}': {e}") from e
     if not allow_empty and flat and not any(flags):
         avail = [path_str(kp) for kp, _ in flat]
