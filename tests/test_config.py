@@ -1,0 +1,112 @@
+"""Config loading, overrides and registries: every bad config names its field."""
+
+import textwrap
+
+import ml_collections
+import pytest
+
+from jaxcomp.config import ConfigError, Registry, apply_overrides, get_field, load_config, require
+
+
+def _write(tmp_path, body):
+    p = tmp_path / "study.py"
+    p.write_text(textwrap.dedent(body))
+    return p
+
+
+CONFIG = """
+import ml_collections
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.lr = 1e-3
+    c.name = "x"
+    c.flag = False
+    c.prune = ml_collections.ConfigDict({"sparsity": 0.5, "where": ".*/kernel"})
+    c.stages = [{"method": "fake_quantization", "bits": 8}]
+    c.seeds = [0, 1, 2]
+    return c
+"""
+
+
+def test_load_and_override(tmp_path):
+    c = load_config(_write(tmp_path, CONFIG), ["--config.prune.sparsity=0.9", "--config.seed=3",
+                                               "--config.lr=1", "--config.name=abc",
+                                               "--config.flag=True", "--config.stages.0.bits=4",
+                                               "--config.seeds=[5, 6]"])
+    assert c.prune.sparsity == 0.9 and c.seed == 3 and c.lr == 1.0 and isinstance(c.lr, float)
+    assert c.name == "abc" and c.flag is True and c.stages[0]["bits"] == 4 and c.seeds == [5, 6]
+    assert c.config_path.endswith("study.py")
+    assert get_field(c, "prune.where") == ".*/kernel"
+    assert get_field(c, "prune.missing", None) is None
+
+
+@pytest.mark.parametrize(
+    "override,msg",
+    [
+        ("--config.prune.sparsty=0.9", r"config.prune.sparsty: no such field; did you mean 'sparsity'"),
+        ("--config.seed=0.5", r"config.seed: expected a value of type int"),
+        ("--config.flag=1", r"config.flag: expected True or False"),
+        ("--config.stages.3.bits=4", r"config.stages.3: index '3' is out of range"),
+        ("--config.lr='fast'", r"config.lr: expected a value of type float"),
+        ("prune.sparsity=0.9", r"must look like --config.field.sub=value"),
+        ("--config.=1", r"empty field name"),
+    ],
+)
+def test_bad_overrides_name_the_field(tmp_path, override, msg):
+    with pytest.raises(ConfigError, match=msg):
+        load_config(_write(tmp_path, CONFIG), [override])
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.py")
+    with pytest.raises(ConfigError, match="must define get_config"):
+        load_config(_write(tmp_path, "x = 1\n"))
+    with pytest.raises(ConfigError, match="must return an ml_collections.ConfigDict"):
+        load_config(_write(tmp_path, "def get_config():\n    return 3\n"))
+
+
+def test_registry_build_and_errors():
+    reg = Registry("compressor")
+
+    @reg.register("scale")
+    def scale(factor: float, *, bias: float = 0.0):
+        if factor <= 0:
+            raise ValueError("factor must be positive")
+        return (factor, bias)
+
+    assert reg.build({"name": "scale", "factor": 2.0}, field="config.c") == (2.0, 0.0)
+    assert reg.build(ml_collections.ConfigDict({"method": "scale", "factor": 1.0, "bias": 1.0}),
+                     field="config.c", key="method") == (1.0, 1.0)
+    assert "scale" in reg and reg.names() == ["scale"]
+    with pytest.raises(ConfigError, match=r"config.c.name: unknown compressor 'scael'; did you mean 'scale'"):
+        reg.build({"name": "scael", "factor": 1.0}, field="config.c")
+    with pytest.raises(ConfigError, match=r"config.c.fctor: not an argument of scale; did you mean 'factor'"):
+        reg.build({"name": "scale", "fctor": 1.0}, field="config.c")
+    with pytest.raises(ConfigError, match=r"config.c.factor: missing"):
+        reg.build({"name": "scale"}, field="config.c")
+    with pytest.raises(ConfigError, match=r"config.c \(scale\): factor must be positive"):
+        reg.build({"name": "scale", "factor": -1.0}, field="config.c")
+    with pytest.raises(ConfigError, match=r"config.c.name: missing"):
+        reg.build({"factor": 1.0}, field="config.c")
+    with pytest.raises(ValueError, match="already registered"):
+        reg.register("scale", lambda: None)
+
+
+def test_require():
+    c = ml_collections.ConfigDict({"steps": 10, "lr": 1, "flag": True, "name": "a"})
+    assert require(c, "steps", int) == 10
+    assert require(c, "lr", float) == 1
+    with pytest.raises(ConfigError, match=r"config.flag: expected int"):
+        require(c, "flag", int)
+    with pytest.raises(ConfigError, match=r"config.steps: invalid value 10; must be odd"):
+        require(c, "steps", int, check=lambda v: v % 2, hint="must be odd")
+    with pytest.raises(ConfigError, match=r"config.nope: no such field"):
+        require(c, "nope", int)
+
+
+def test_apply_overrides_returns_same_object():
+    c = ml_collections.ConfigDict({"a": 1})
+    assert apply_overrides(c, []) is c
