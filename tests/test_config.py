@@ -110,3 +110,49 @@ def test_require():
 def test_apply_overrides_returns_same_object():
     c = ml_collections.ConfigDict({"a": 1})
     assert apply_overrides(c, []) is c
+
+
+def test_build_optimizer_matches_optax():
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from jaxcomp.config import build_optimizer
+
+    params = {"w": jnp.arange(3.0)}
+    grads = {"w": jnp.array([1.0, -2.0, 0.5])}
+    tx = build_optimizer({"name": "adamw", "learning_rate": {"name": "linear_schedule",
+                          "init_value": 0.1, "end_value": 0.0, "transition_steps": 10},
+                          "weight_decay": 0.01, "clip_norm": 1.0})
+    ref = optax.chain(optax.clip_by_global_norm(1.0),
+                      optax.adamw(optax.linear_schedule(0.1, 0.0, 10), weight_decay=0.01))
+    s1, s2 = tx.init(params), ref.init(params)
+    for _ in range(3):
+        u1, s1 = tx.update(grads, s1, params)
+        u2, s2 = ref.update(grads, s2, params)
+        assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), u1, u2))
+    with pytest.raises(ConfigError, match=r"config.optimizer.name: unknown optimizer 'adamm'"):
+        build_optimizer({"name": "adamm", "learning_rate": 1e-3})
+    with pytest.raises(ConfigError, match=r"config.optimizer.learning_rate.name: unknown schedule"):
+        build_optimizer({"name": "adam", "learning_rate": {"name": "cosine"}})
+    with pytest.raises(ConfigError, match=r"config.optimizer.learning_rate: expected a number"):
+        build_optimizer({"name": "adam", "learning_rate": "fast"})
+    with pytest.raises(ConfigError, match=r"clip_norm: expected a positive number"):
+        build_optimizer({"name": "adam", "learning_rate": 1e-3, "clip_norm": -1})
+
+
+def test_build_compressor_chain_and_errors():
+    import jax.numpy as jnp
+
+    import jaxcomp as jc
+    from jaxcomp.config import COMPRESSORS, build_compressor
+
+    if "test_identity" not in COMPRESSORS:
+        COMPRESSORS.register("test_identity", lambda: jc.identity())
+    c = build_compressor([{"method": "test_identity"}, {"method": "test_identity"}])
+    p = {"w": jnp.ones(2)}
+    assert len(c.init(p)) == 2
+    with pytest.raises(ConfigError, match=r"config.compression.1.method: unknown compressor"):
+        build_compressor([{"method": "test_identity"}, {"method": "nope"}])
+    with pytest.raises(ConfigError, match="an empty list"):
+        build_compressor([])
