@@ -6,6 +6,10 @@ Commands:
   MACs (1 MAC = 2 FLOPs), XLA FLOPs, compiled memory and a per-layer table of
   a registered reference model.
 * ``jaxcomp models``: the registered model names with their sizes.
+* ``jaxcomp run CONFIG --workdir DIR [--config.field=value ...]``: runs a
+  study config (see :mod:`jaxcomp.experiment`), writing ``results.json``,
+  ``metrics.jsonl``, plots and checkpoints under ``DIR``.
+* ``jaxcomp compare DIR [DIR ...]``: a side-by-side table of results.
 
 Example:
   >>> main(["summary", "lenet300", "--json", "--no-xla"])  # doctest: +ELLIPSIS
@@ -130,13 +134,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.add_argument("--no-xla", action="store_true", help="skip XLA compilation figures")
     sub.add_parser("models", help="list the registered models")
+    r = sub.add_parser("run", help="run a study config (configs/<study>.py)")
+    r.add_argument("config", help="path of a config file defining get_config()")
+    r.add_argument("--workdir", required=True, help="output directory")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    c = sub.add_parser("compare", help="side-by-side table of results.json files")
+    c.add_argument("workdirs", nargs="+", help="directories written by `jaxcomp run`")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the process exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "run":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        if args.command == "run":
+            return _run(args, extra)
+        if args.command == "compare":
+            return _compare(args.workdirs)
         if args.command == "models":
             from jaxcomp import models
 
@@ -154,6 +171,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(result))
     else:
         _print_summary(result)
+    return 0
+
+
+def _run(args: argparse.Namespace, overrides: list[str]) -> int:
+    from jaxcomp.config import load_config
+    from jaxcomp.experiment import run_experiment
+
+    bad = [o for o in overrides if not o.startswith("--config.")]
+    if bad:
+        raise ValueError(f"unrecognized arguments {bad}; overrides look like --config.field=value")
+    config = load_config(args.config, overrides)
+    results = run_experiment(config, args.workdir, progress=not args.no_progress)
+    print(f"wrote {args.workdir}/results.json")
+    summary = results.get("summary") or {}
+    for metric, s in summary.items():
+        if isinstance(s, dict) and "mean" in s:
+            print(f"  {metric}: {s['mean']:.4g} ± {s.get('std', 0.0):.2g} (n={s.get('n', 1)})")
+    return 0
+
+
+def _compare(workdirs: list[str]) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from jaxcomp.experiment import compare
+
+    rows = compare(workdirs)
+    table = Table(title="jaxcomp compare (mean ± std over seeds)")
+    table.add_column("metric")
+    for d in workdirs:
+        table.add_column(str(d), justify="right")
+    for row in rows:
+        table.add_row(row["metric"], *[row[str(d)] for d in workdirs])
+    (Console() if sys.stdout.isatty() else Console(width=160)).print(table)
     return 0
 
 

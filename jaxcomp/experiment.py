@@ -1,0 +1,372 @@
+"""Studies as data: build data, model, optimizer and compression from a config and train.
+
+``jaxcomp run CONFIG --workdir DIR`` calls :func:`run_experiment`. A config
+either names a research entry point (``config.entry =
+"research/<study>/main.py"``, whose ``run(config, workdir)`` returns the
+results dict) or describes a generic supervised run:
+
+.. code-block:: python
+
+    config.data = {"name": "mnist5k", "layout": "flat", "batch_size": 100}
+    config.model = {"name": "lenet300", "overrides": {}}
+    config.train = {"optimizer": {"name": "adam", "learning_rate": 1e-3},
+                    "steps": 2000, "eval_every": 500}
+    config.compression = [{"method": "magnitude_pruning", "sparsity": 0.9}]  # optional
+    config.seeds = [0, 1, 2]
+
+The generic run trains every seed, evaluates on the test split, measures
+the compressed model (parameters, non-zeros, MACs, effective MACs, storage)
+and writes ``results.json``, ``metrics.jsonl`` (per seed under
+``seed_<s>/``), a learning-curve plot and checkpoints.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import pathlib
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxcomp.config.builders import build_compressor, build_optimizer
+from jaxcomp.config.loading import get_field, require
+from jaxcomp.config.registry import ConfigError
+
+__all__ = [
+    "build_model",
+    "compare",
+    "load_data",
+    "mean_std",
+    "measure_model",
+    "plot_history",
+    "run_experiment",
+    "summarize_runs",
+    "train_supervised",
+    "write_results",
+]
+
+
+def _plain(cfg: Any) -> Any:
+    return cfg.to_dict() if hasattr(cfg, "to_dict") else cfg
+
+
+def mean_std(values: Sequence[float]) -> dict[str, float]:
+    """Mean and sample standard deviation (ddof=1; 0 for one value) of a list.
+
+    Example:
+      >>> mean_std([1.0, 2.0, 3.0])
+      {'mean': 2.0, 'std': 1.0, 'n': 3}
+    """
+    arr = np.asarray(list(values), np.float64)
+    if arr.size == 0:
+        raise ValueError("mean_std needs at least one value")
+    std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+    return {"mean": float(arr.mean()), "std": std, "n": int(arr.size)}
+
+
+def load_data(data_cfg: Any, *, field: str = "config.data") -> Any:
+    """Loads a dataset from ``{"name": ..., **loader kwargs}`` (batch sizes ignored)."""
+    from jaxcomp import data
+
+    spec = dict(_plain(data_cfg))
+    if "name" not in spec:
+        raise ConfigError(f"{field}.name: missing; one of {', '.join(data.list_datasets())}")
+    name = spec.pop("name")
+    for k in ("batch_size", "eval_batch_size"):
+        spec.pop(k, None)
+    if name not in data.list_datasets():
+        raise ConfigError(f"{field}.name: unknown dataset {name!r}; one of "
+                          f"{', '.join(data.list_datasets())}")
+    try:
+        return data.load(name, **spec)
+    except TypeError as e:
+        raise ConfigError(f"{field}: {e}") from e
+
+
+def build_model(model_cfg: Any, dataset: Any = None, *, field: str = "config.model") -> Any:
+    """Builds a :class:`~jaxcomp.models.ModelSpec` from ``{"name": ..., "overrides": {...}}``."""
+    from jaxcomp import models
+
+    spec = dict(_plain(model_cfg))
+    if "name" not in spec:
+        raise ConfigError(f"{field}.name: missing; one of {', '.join(models.list_models())}")
+    overrides = dict(spec.get("overrides") or {})
+    unknown = set(spec) - {"name", "overrides"}
+    if unknown:
+        raise ConfigError(f"{field}.{min(unknown)}: unknown field (use {field}.overrides)")
+    try:
+        model = models.get_model(spec["name"], **overrides)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{field}: {e}") from e
+    if dataset is not None:
+        if tuple(model.input_shape) != tuple(dataset.input_shape):
+            raise ConfigError(
+                f"{field}.name: model {model.name!r} expects inputs of shape "
+                f"{tuple(model.input_shape)} but dataset {dataset.name!r} gives "
+                f"{tuple(dataset.input_shape)}; pick the matching config.data.layout"
+            )
+        if model.num_classes != dataset.num_classes:
+            raise ConfigError(f"{field}: model has {model.num_classes} classes, the dataset "
+                              f"{dataset.num_classes}; set overrides.num_classes")
+    return model
+
+
+def _early_stopping(cfg: Any) -> Any:
+    from jaxcomp.train import EarlyStopping
+
+    if cfg is None:
+        return None
+    try:
+        return EarlyStopping(**dict(_plain(cfg)))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config.train.early_stopping: {e}") from e
+
+
+def train_supervised(
+    model: Any,
+    dataset: Any,
+    train_cfg: Any,
+    *,
+    key: jax.Array,
+    batch_size: int,
+    eval_batch_size: int = 1000,
+    compressor: Any = None,
+    loss_fn: Any = None,
+    params: Any = None,
+    workdir: str | pathlib.Path | None = None,
+    progress: bool = True,
+) -> tuple[Any, list[dict], dict[str, float]]:
+    """Trains ``model`` on ``dataset`` as ``train_cfg`` says; returns (state, history, test metrics).
+
+    ``train_cfg`` holds ``optimizer`` (see :func:`~jaxcomp.config.build_optimizer`),
+    ``steps`` or ``epochs``, and optionally ``eval_every``, ``log_every``,
+    ``early_stopping`` (:class:`~jaxcomp.train.EarlyStopping` fields),
+    ``accumulate``, ``compressor_every`` and ``checkpoint_every``. With a
+    compressor, ``jaxcomp.keep_compressed`` is appended to the optimizer.
+    ``loss_fn`` defaults to :func:`~jaxcomp.train.supervised_loss`;
+    ``params`` (e.g. a pretrained or rewound tree) replaces the fresh init.
+    """
+    import optax
+
+    from jaxcomp import data as jdata
+    from jaxcomp import train
+    from jaxcomp.core.optax_bridge import keep_compressed
+
+    cfg = _plain(train_cfg)
+    tx = build_optimizer(cfg.get("optimizer"), field="config.train.optimizer")
+    if compressor is not None:
+        tx = optax.chain(tx, keep_compressed(compressor))
+    k_init, k_data, k_state = jax.random.split(key, 3)
+    variables = model.init(k_init)
+    model_state = {k: v for k, v in variables.items() if k != "params"}
+    state = train.TrainState.create(
+        variables["params"] if params is None else params, tx, key=k_state,
+        model_state=model_state, compressor=compressor,
+    )
+    loss = loss_fn or train.supervised_loss(model.apply_fn)
+    step = train.make_train_step(
+        loss, tx, compressor=compressor, accumulate=int(cfg.get("accumulate", 1)),
+        compressor_every=int(cfg.get("compressor_every", 1)),
+    )
+    eval_step = train.make_eval_step(train.supervised_loss(model.apply_fn, train=False),
+                                     compressor=compressor)
+    steps, epochs = cfg.get("steps"), cfg.get("epochs")
+    if (steps is None) == (epochs is None):
+        raise ConfigError("config.train: give exactly one of steps and epochs")
+    train_batches = jdata.batches(dataset.x_train, dataset.y_train, batch_size, key=k_data,
+                                  epochs=None if steps else epochs)
+    eval_batches = list(jdata.batches(dataset.x_test, dataset.y_test, eval_batch_size,
+                                      shuffle=False, pad_last=True, epochs=1))
+    state, history = train.fit(
+        state, step, train_batches, eval_fn=eval_step, eval_batches=eval_batches,
+        steps=steps, epochs=epochs, eval_every=cfg.get("eval_every"),
+        log_every=cfg.get("log_every"), early_stopping=_early_stopping(cfg.get("early_stopping")),
+        workdir=workdir, checkpoint_every=cfg.get("checkpoint_every"), progress=progress,
+    )
+    test = train.evaluate(jax.jit(eval_step), state, eval_batches)
+    return state, history, test
+
+
+def measure_model(model: Any, state: Any, compressor: Any = None) -> dict[str, Any]:
+    """Size and compute of the trained (compressed) model: params, non-zeros, MACs, bytes."""
+    from jaxcomp import metrics
+
+    view = state.params if compressor is None else compressor.apply(
+        state.params, state.compressor_state)
+    variables = {"params": view, **state.model_state}
+    x = model.example_input(1)
+    a = metrics.analyze(lambda v, x: model.apply_fn(v, x), variables, x,
+                        compression=state.compressor_state, compile=False)
+    nnz = metrics.count_nonzero(view)
+    n = metrics.count_params(view, dense=True)
+    return {
+        "params": n,
+        "nonzero": nnz,
+        "compression_ratio": n / max(nnz, 1),
+        "macs": a.macs,
+        "effective_macs": a.effective_macs,
+        "bops": a.bops,
+        "size_bytes_fp32": metrics.model_size_bytes(view).total_bytes,
+    }
+
+
+def summarize_runs(runs: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[str, Any]:
+    """Mean ± std over runs of the numeric entries ``keys`` (dotted paths allowed)."""
+    out = {}
+    for key in keys:
+        vals = []
+        for r in runs:
+            node: Any = r
+            for part in key.split("."):
+                node = node[part]
+            vals.append(float(node))
+        out[key] = mean_std(vals)
+    return out
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if isinstance(x, (np.ndarray, jax.Array)):
+        return np.asarray(x).tolist()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return str(x)
+
+
+def write_results(workdir: str | pathlib.Path, results: Mapping[str, Any]) -> pathlib.Path:
+    """Writes ``workdir/results.json`` (strict JSON: non-finite numbers become null)."""
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    def clean(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, Mapping):
+            return {str(k): clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+
+    path = workdir / "results.json"
+    path.write_text(json.dumps(clean(results), indent=2, default=_json_default, allow_nan=False))
+    return path
+
+
+def plot_history(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: str | pathlib.Path,
+                 *, metric: str = "accuracy", split: str = "eval", title: str = "") -> pathlib.Path:
+    """Plots ``split/metric`` against step for several runs into a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, hist in histories.items():
+        pts = [(r["step"], r["metrics"][metric]) for r in hist
+               if r.get("split") == split and metric in r.get("metrics", {})]
+        if pts:
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, marker="o", ms=3, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"{split} {metric}")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if histories:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = pathlib.Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _run_entry(config: Any, workdir: pathlib.Path, progress: bool) -> dict[str, Any]:
+    entry = config.entry
+    base = pathlib.Path(config.get("config_path", ".")).resolve().parent.parent
+    path = pathlib.Path(entry)
+    if not path.is_absolute():
+        path = base / path if (base / path).is_file() else pathlib.Path.cwd() / path
+    if not path.is_file():
+        raise ConfigError(f"config.entry: {entry!r} not found (looked in {base} and the "
+                          "current directory)")
+    name = f"_jaxcomp_study_{path.parent.name}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    if not hasattr(module, "run"):
+        raise ConfigError(f"config.entry: {path} defines no run(config, workdir, progress=...)")
+    return module.run(config, workdir, progress=progress)
+
+
+def _run_generic(config: Any, workdir: pathlib.Path, progress: bool) -> dict[str, Any]:
+    seeds = require(config, "seeds", (list, tuple), check=lambda s: len(s) > 0,
+                    hint="give at least one seed")
+    dataset = load_data(get_field(config, "data"))
+    model = build_model(get_field(config, "model"), dataset)
+    batch_size = require(config, "data.batch_size", int, check=lambda b: b > 0)
+    comp_cfg = get_field(config, "compression", None)
+    runs, histories = [], {}
+    for seed in seeds:
+        compressor = build_compressor(comp_cfg) if comp_cfg else None
+        t0 = time.time()
+        state, history, test = train_supervised(
+            model, dataset, get_field(config, "train"), key=jax.random.key(int(seed)),
+            batch_size=batch_size, compressor=compressor, workdir=workdir / f"seed_{seed}",
+            progress=progress,
+        )
+        runs.append({"seed": int(seed), "test": test, "seconds": time.time() - t0,
+                     **measure_model(model, state, compressor)})
+        histories[f"seed {seed}"] = history
+    plot_history(histories, workdir / "accuracy.png", title=config.get("name", model.name))
+    keys = ["test.accuracy", "test.loss", "params", "nonzero", "compression_ratio", "macs",
+            "effective_macs"]
+    return {"name": config.get("name", model.name), "dataset": dataset.name, "model": model.name,
+            "runs": runs, "summary": summarize_runs(runs, keys)}
+
+
+def run_experiment(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
+    """Runs a study config and writes ``workdir/results.json``; returns the results.
+
+    Raises:
+      ConfigError: naming the first missing, unknown or invalid config field.
+    """
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if get_field(config, "entry", None):
+        results = _run_entry(config, workdir, progress)
+    else:
+        results = _run_generic(config, workdir, progress)
+    results = {"config": _plain(config), **results}
+    write_results(workdir, results)
+    return results
+
+
+def compare(workdirs: Sequence[str | pathlib.Path]) -> list[dict[str, Any]]:
+    """Reads ``results.json`` of several runs; returns one row per summary metric.
+
+    Each row is ``{"metric": name, "<dir>": "mean ± std", ...}``.
+    """
+    table: dict[str, dict[str, str]] = {}
+    names = []
+    for d in workdirs:
+        path = pathlib.Path(d) / "results.json"
+        if not path.is_file():
+            raise ValueError(f"{d}: no results.json (run `jaxcomp run CONFIG --workdir {d}` first)")
+        res = json.loads(path.read_text())
+        name = str(d)
+        names.append(name)
+        for metric, s in (res.get("summary") or {}).items():
+            if isinstance(s, Mapping) and "mean" in s:
+                cell = f"{s['mean']:.4g} ± {s.get('std', 0.0):.2g}"
+            else:
+                cell = str(s)
+            table.setdefault(metric, {})[name] = cell
+    return [{"metric": m, **{n: row.get(n, "") for n in names}} for m, row in table.items()]
