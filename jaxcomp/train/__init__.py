@@ -1,0 +1,58 @@
+"""Training machinery: state, step builders, the ``fit`` loop, checkpoints, meshes.
+
+The pieces follow one interface (shared with :mod:`jaxcomp.distill` and
+:mod:`jaxcomp.prune`):
+
+* a batch is a dict ``{"x", "y"}`` plus an optional per-example ``"mask"``
+  (0 for padding) and extras such as ``"teacher_logits"``;
+* a loss function is ``loss_fn(params, model_state, batch, rng) -> (loss,
+  (new_model_state, metrics))``, e.g. :func:`supervised_loss`;
+* :class:`TrainState` holds step, params, opt_state, model_state,
+  compressor_state and rng;
+* :func:`make_train_step` / :func:`make_eval_step` build pure, jittable steps;
+  :func:`fit` is the ready-made loop (the only place here that jits).
+
+Checkpoints (:func:`save_checkpoint`, :func:`restore_checkpoint`,
+:func:`latest_step`) use orbax and verify what they read; :mod:`.mesh` has
+data-parallel helpers.
+"""
+
+from jaxcomp.core.optax_bridge import keep_compressed
+from jaxcomp.train.checkpoint import all_steps, latest_step, restore_checkpoint, save_checkpoint
+from jaxcomp.train.loop import EarlyStopping, fit
+from jaxcomp.train.losses import LossFn, batch_mask, masked_mean, supervised_loss
+from jaxcomp.train.mesh import batch_sharding, make_mesh, replicate, shard_batch
+from jaxcomp.train.progress import format_metrics
+from jaxcomp.train.state import TrainState
+from jaxcomp.train.steps import (
+    aggregate_metrics,
+    evaluate,
+    make_eval_step,
+    make_train_step,
+    view_sparsity,
+)
+
+__all__ = [
+    "EarlyStopping",
+    "LossFn",
+    "TrainState",
+    "aggregate_metrics",
+    "all_steps",
+    "batch_mask",
+    "batch_sharding",
+    "evaluate",
+    "fit",
+    "format_metrics",
+    "keep_compressed",
+    "latest_step",
+    "make_eval_step",
+    "make_mesh",
+    "make_train_step",
+    "masked_mean",
+    "replicate",
+    "restore_checkpoint",
+    "save_checkpoint",
+    "shard_batch",
+    "supervised_loss",
+    "view_sparsity",
+]

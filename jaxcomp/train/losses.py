@@ -1,0 +1,141 @@
+"""Loss functions with the training-interface signature.
+
+A loss function is ``loss_fn(params, model_state, batch, rng) -> (loss,
+(new_model_state, metrics))``; ``batch`` is a dict with ``"x"``, ``"y"`` and an
+optional per-example ``"mask"`` (0 for padding), which every loss and metric
+here respects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.typing import ArrayLike
+
+from jaxcomp.core.errors import check_in_range
+
+__all__ = ["LossFn", "batch_mask", "masked_mean", "supervised_loss"]
+
+LossFn = Callable[[Any, Any, Mapping[str, Any], jax.Array], tuple[jax.Array, tuple[Any, dict]]]
+
+
+def batch_mask(batch: Mapping[str, Any], n: int | None = None) -> jax.Array:
+    """The per-example weights of a batch: ``batch["mask"]`` as float32, or ones.
+
+    Args:
+      batch: a batch dict.
+      n: number of examples when the batch has no ``"x"`` (otherwise taken
+        from ``batch["x"]``'s leading axis).
+    """
+    if "mask" in batch:
+        return jnp.asarray(batch["mask"]).astype(jnp.float32)
+    if n is None:
+        n = jax.tree_util.tree_leaves(batch.get("x", batch))[0].shape[0]
+    return jnp.ones((n,), jnp.float32)
+
+
+def masked_mean(values: ArrayLike, mask: ArrayLike | None = None) -> jax.Array:
+    """Mean of per-example ``values`` weighted by ``mask`` (0 when all weights are 0).
+
+    Args:
+      values: per-example values, shape ``(batch,)``.
+      mask: per-example weights of the same shape, or ``None`` for a plain mean.
+
+    Returns:
+      ``sum(values * mask) / sum(mask)``, a float32 scalar; ``0`` if
+      ``sum(mask) == 0`` (an all-padding batch contributes nothing).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> float(masked_mean(jnp.array([1.0, 3.0, 100.0]), jnp.array([1, 1, 0])))
+      2.0
+    """
+    values = jnp.asarray(values).astype(jnp.float32)
+    if mask is None:
+        return jnp.mean(values)
+    mask = jnp.asarray(mask).astype(jnp.float32)
+    if mask.shape != values.shape:
+        raise ValueError(
+            f"masked_mean: mask of shape {mask.shape} does not match values of shape "
+            f"{values.shape}; the mask holds one weight per example"
+        )
+    total = jnp.sum(mask)
+    return jnp.where(total > 0, jnp.sum(values * mask) / jnp.where(total > 0, total, 1.0), 0.0)
+
+
+def supervised_loss(
+    apply_fn: Callable[..., Any], *, label_smoothing: float = 0.0, train: bool = True
+) -> LossFn:
+    """The standard classification loss: softmax cross-entropy and accuracy.
+
+    ``apply_fn`` has the :meth:`jaxcomp.models.ModelSpec.apply_fn` signature
+    ``apply_fn(variables, x, train=..., rng=..., return_state=...)`` and
+    returns ``(logits, new_model_state)`` with ``return_state=True``. The
+    variables passed are ``{"params": params, **model_state}``.
+
+    Labels ``batch["y"]`` are integer classes, or class probabilities when
+    they have the logits' rank. Padded examples (``batch["mask"] == 0``) do
+    not count in the loss or the metrics.
+
+    Args:
+      apply_fn: the model's apply function.
+      label_smoothing: in ``[0, 1)``; mixes the one-hot target with the
+        uniform distribution (Szegedy et al., arXiv:1512.00567).
+      train: training mode (dropout on, BatchNorm batch statistics and
+        running-average updates). Build the loss for
+        :func:`~jaxcomp.train.make_eval_step` with ``train=False``.
+
+    Returns:
+      ``loss_fn(params, model_state, batch, rng) -> (loss, (new_model_state,
+      {"loss": ..., "accuracy": ...}))``.
+
+    Raises:
+      ValueError: if ``label_smoothing`` is outside ``[0, 1)``.
+      TypeError: if ``apply_fn`` is not callable.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> def apply_fn(variables, x, train=False, rng=None, return_state=False):
+      ...     logits = x @ variables["params"]["w"]  # any ModelSpec.apply_fn works here
+      ...     return (logits, {}) if return_state else logits
+      >>> loss_fn = supervised_loss(apply_fn)
+      >>> batch = {"x": jnp.eye(3), "y": jnp.array([0, 1, 0]), "mask": jnp.array([1, 1, 0])}
+      >>> loss, (_, metrics) = loss_fn({"w": 10 * jnp.eye(3)}, {}, batch, jax.random.key(1))
+      >>> float(metrics["accuracy"]), bool(loss < 1e-3)
+      (1.0, True)
+
+    References:
+      Szegedy et al., "Rethinking the Inception architecture" (label
+      smoothing), arXiv:1512.00567.
+    """
+    if not callable(apply_fn):
+        raise TypeError(f"supervised_loss: apply_fn must be callable, got {type(apply_fn).__name__}")
+    check_in_range("label_smoothing", label_smoothing, 0.0, 1.0, high_inclusive=False)
+
+    def loss_fn(params, model_state, batch, rng):
+        model_state = {} if model_state is None else model_state
+        variables = {"params": params, **model_state}
+        logits, new_state = apply_fn(variables, batch["x"], train=train, rng=rng, return_state=True)
+        new_model_state = {**model_state, **dict(new_state or {})}
+        logits = logits.astype(jnp.float32)
+        y = jnp.asarray(batch["y"])
+        num_classes = logits.shape[-1]
+        if y.ndim == logits.ndim:
+            targets = y.astype(jnp.float32)
+            labels = jnp.argmax(y, axis=-1)
+        else:
+            targets = jax.nn.one_hot(y, num_classes, dtype=jnp.float32)
+            labels = y
+        if label_smoothing:
+            targets = optax.smooth_labels(targets, label_smoothing)
+        ce = optax.softmax_cross_entropy(logits, targets)
+        mask = batch_mask(batch, logits.shape[0])
+        loss = masked_mean(ce, mask)
+        acc = masked_mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32), mask)
+        return loss, (new_model_state, {"loss": loss, "accuracy": acc})
+
+    return loss_fn
