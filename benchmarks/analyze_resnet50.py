@@ -58,7 +58,6 @@ def main() -> None:
         # A new function object each time, so no trace or compile cache is hit.
         return lambda v, x: spec.apply_fn(v, x)
 
-    f = fresh()
 
     rows = []
     t_trace, _, _ = _best(lambda: jax.make_jaxpr(fresh())(abstract, x_abs), args.repeat)

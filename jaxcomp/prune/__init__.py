@@ -1,0 +1,141 @@
+"""Pruning and sparsity: scores × allocation × pattern × schedule, sharding-native.
+
+Four independent axes make every pruning method of the literature:
+
+* **scores** (:mod:`jaxcomp.prune.scores`): magnitude, random, saliency
+  ``|w·g|``, movement ``-Σ w·g``, OBD ``½ h w²`` (Hutchinson, exact or Fisher
+  Hessian diagonals), or any ``score_fn(params, *, grads=None, **extra)``;
+* **allocation** (:mod:`jaxcomp.prune.allocation`): uniform per layer, one
+  global threshold (``scope="global"``), ERK/ER, or ``{regex: sparsity}``;
+* **patterns** (:mod:`jaxcomp.prune.patterns`): unstructured, N:M, blocks,
+  channels;
+* **schedules** (:mod:`jaxcomp.prune.schedules`): constant, one-shot,
+  iterative, polynomial (Zhu & Gupta), or any optax schedule.
+
+Thresholds are exact and sort-free (:mod:`jaxcomp.prune.threshold`): a
+bisection on the float bit patterns with scalar counts only, so masks run
+under ``jit`` on sharded parameters without all-gathers and keep each
+parameter's sharding.
+
+Example:
+  >>> import jax, jax.numpy as jnp, optax
+  >>> import jaxcomp as jc
+  >>> import jaxcomp.prune as jp
+  >>> params = {"w": jax.random.normal(jax.random.key(0), (8, 8)), "b": jnp.zeros(8)}
+  >>> comp = jp.magnitude_pruning(jp.polynomial_schedule(0.0, 0.75, 0, 10, update_every=5))
+  >>> tx = optax.chain(optax.adam(1e-2), jc.keep_compressed(comp))
+  >>> cstate, opt = comp.init(params), tx.init(params)
+  >>> for step in range(12):
+  ...     grads = jax.grad(lambda p: jnp.sum(comp.apply(p, cstate)["w"] ** 2))(params)
+  ...     upd, opt = tx.update(grads, opt, params, compressor_state=cstate)
+  ...     params = optax.apply_updates(params, upd)
+  ...     params, cstate = comp.update(params, cstate, step=step, grads=grads)
+  >>> jp.sparsity_summary(params, where=r"w").sparsity
+  0.75
+"""
+
+from jaxcomp.prune import allocation, patterns, schedules, scores, ste, threshold
+from jaxcomp.prune.allocation import erk_densities, erk_sparsities, path_sparsities
+from jaxcomp.prune.compressors import (
+    MagnitudePruningState,
+    MovementPruningState,
+    ObdPruningState,
+    RandomPruningState,
+    SaliencyPruningState,
+    magnitude_pruning,
+    movement_pruning,
+    obd_pruning,
+    random_pruning,
+    saliency_pruning,
+)
+from jaxcomp.prune.masks import (
+    MaskConfig,
+    apply_masks,
+    block_mask,
+    channel_mask,
+    default_where,
+    magnitude_mask,
+    nm_mask,
+    score_mask,
+)
+from jaxcomp.prune.patterns import NM, Block, Channel, Unstructured
+from jaxcomp.prune.schedules import (
+    Schedule,
+    as_schedule,
+    constant_schedule,
+    cubic_schedule,
+    iterative_schedule,
+    one_shot_schedule,
+    polynomial_schedule,
+)
+from jaxcomp.prune.scores import exact_hessian_diag, fisher_diag, hutchinson_diag
+from jaxcomp.prune.ste import masked_weight, sr_ste_masked_weight, ste_masked_weight
+from jaxcomp.prune.summary import SparsityRow, SparsitySummary, sparsity_summary
+from jaxcomp.prune.threshold import (
+    bottomk_mask,
+    check_finite,
+    count_true,
+    kth_smallest,
+    num_pruned,
+    smallest_k_masks,
+    threshold_mask,
+    topk_mask,
+)
+
+__all__ = [
+    "NM",
+    "Block",
+    "Channel",
+    "MagnitudePruningState",
+    "MaskConfig",
+    "MovementPruningState",
+    "ObdPruningState",
+    "RandomPruningState",
+    "SaliencyPruningState",
+    "Schedule",
+    "SparsityRow",
+    "SparsitySummary",
+    "Unstructured",
+    "allocation",
+    "apply_masks",
+    "as_schedule",
+    "block_mask",
+    "bottomk_mask",
+    "channel_mask",
+    "check_finite",
+    "constant_schedule",
+    "count_true",
+    "cubic_schedule",
+    "default_where",
+    "erk_densities",
+    "erk_sparsities",
+    "exact_hessian_diag",
+    "fisher_diag",
+    "hutchinson_diag",
+    "iterative_schedule",
+    "kth_smallest",
+    "magnitude_mask",
+    "magnitude_pruning",
+    "masked_weight",
+    "movement_pruning",
+    "nm_mask",
+    "num_pruned",
+    "obd_pruning",
+    "one_shot_schedule",
+    "path_sparsities",
+    "patterns",
+    "polynomial_schedule",
+    "random_pruning",
+    "saliency_pruning",
+    "schedules",
+    "score_mask",
+    "scores",
+    "smallest_k_masks",
+    "sparsity_summary",
+    "sr_ste_masked_weight",
+    "ste",
+    "ste_masked_weight",
+    "threshold",
+    "threshold_mask",
+    "topk_mask",
+]

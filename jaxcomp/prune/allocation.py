@@ -1,0 +1,271 @@
+"""Sparsity allocation: how a target sparsity is split across layers.
+
+* ``"uniform"`` — every selected leaf gets the target sparsity (exact per leaf).
+* ``"erk"`` / ``"er"`` — Erdős–Rényi(-Kernel) (Evci et al. 2020): density of
+  a leaf ∝ ``sum(dims) / prod(dims)`` (``"erk"``: all dims, kernel sizes
+  included; ``"er"``: the last two dims only). The proportionality constant
+  is solved so the overall sparsity equals the target; leaves whose density
+  would exceed 1 are made dense and the rest re-solved (the largest-ratio
+  leaves first). Prune counts are then rounded by the largest-remainder
+  method so that the total number pruned is exactly ``round(target * N)``.
+* ``{regex: sparsity}`` — a per-path map: the first regex that fully matches
+  a leaf's canonical path gives its sparsity (a number, or a schedule
+  ``step -> sparsity`` in compressors); unmatched selected leaves take the
+  target sparsity passed alongside (the ``default``), or are an error when
+  there is none. A regex that matches no selected leaf is an error.
+
+A global threshold (``scope="global"``) is not an allocation: one threshold
+over all selected leaves decides each leaf's share.
+
+Everything works with a traced target sparsity (schedules under ``jit``):
+the ERK solve is vectorised over the possible dense sets (there are only
+``L + 1`` of them for ``L`` leaves).
+
+References:
+  Evci et al., Rigging the lottery, arXiv:1911.11134 (ERK).
+  Mocanu et al., Scalable training of artificial neural networks with
+  adaptive sparse connectivity, arXiv:1707.04780 (ER).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcomp.core.errors import check_in_range, list_paths
+from jaxcomp.prune.threshold import _is_tracer, num_pruned
+from jaxcomp.select.paths import leaves_with_paths
+from jaxcomp.select.selectors import Where, resolve
+
+__all__ = [
+    "erk_densities",
+    "erk_sparsities",
+    "largest_remainder",
+    "path_sparsities",
+]
+
+
+def _ratio(shape: Sequence[int], kernel: bool) -> float:
+    dims = [int(d) for d in shape]
+    if not kernel and len(dims) > 2:
+        dims = dims[-2:]
+    prod = float(np.prod(dims)) if dims else 1.0
+    return (float(sum(dims)) / prod) if prod else 0.0
+
+
+def erk_densities(shapes: Sequence[Sequence[int]], sparsity: Any, *, kernel: bool = True) -> Any:
+    """Per-leaf ERK densities whose size-weighted mean is ``1 - sparsity``.
+
+    Args:
+      shapes: the leaves' shapes.
+      sparsity: overall target in ``[0, 1)``; may be traced.
+      kernel: ``True`` for ERK (all dims), ``False`` for ER (last two dims).
+
+    Returns:
+      A float array of densities in ``[0, 1]`` (numpy when ``sparsity`` is
+      concrete, jnp when traced).
+
+    Example:
+      >>> d = erk_densities([(100, 100), (10, 1000), (1000, 10)], 0.9)
+      >>> [round(float(x), 4) for x in d]
+      [0.027, 0.1365, 0.1365]
+    """
+    traced = _is_tracer(sparsity)
+    xp = jnp if traced else np
+    sizes = np.asarray([float(np.prod(s)) for s in shapes])
+    ratios = np.asarray([_ratio(s, kernel) for s in shapes])
+    n_leaves = len(shapes)
+    if n_leaves == 0:
+        return xp.zeros((0,))
+    order = np.argsort(-ratios, kind="stable")  # static: largest ratio first
+    s_sorted, r_sorted = sizes[order], ratios[order]
+    total = sizes.sum()
+    # j dense leaves (the j largest ratios), j = 0..L.
+    dense_size = np.concatenate([[0.0], np.cumsum(s_sorted)])
+    rest_mass = np.concatenate([np.cumsum((s_sorted * r_sorted)[::-1])[::-1], [0.0]])
+    next_ratio = np.concatenate([r_sorted, [0.0]])
+    s = xp.asarray(sparsity, dtype=xp.float32 if traced else np.float64)
+    budget = (1.0 - s) * total - dense_size
+    safe_mass = np.where(rest_mass > 0, rest_mass, 1.0)
+    eps = budget / safe_mass
+    valid = (eps * next_ratio <= 1.0 + 1e-9) & (budget >= -1e-6 * total)
+    valid = valid | (np.arange(n_leaves + 1) == n_leaves)
+    j = xp.argmax(valid)
+    eps_j = eps[j]
+    dens_sorted = xp.where(np.arange(n_leaves) < j, 1.0, xp.clip(eps_j * r_sorted, 0.0, 1.0))
+    inv = np.argsort(order)
+    return dens_sorted[inv]
+
+
+def largest_remainder(ideal: Any, total: Any, caps: Sequence[int]) -> Any:
+    """Integer counts ``k_l`` close to ``ideal`` with ``sum(k_l) == total``, ``0 <= k_l <= caps``.
+
+    Each leaf gets ``floor(ideal)``; the remaining units go to the leaves with
+    the largest fractional parts (earlier leaves first on ties). Works on a
+    traced ``ideal`` (the vector has one entry per leaf, not per weight).
+
+    Example:
+      >>> largest_remainder([0.5, 1.5, 2.2], 4, [10, 10, 10]).tolist()
+      [1, 1, 2]
+    """
+    traced = _is_tracer(ideal) or _is_tracer(total)
+    xp = jnp if traced else np
+    caps_a = np.asarray(caps)
+    z = xp.clip(xp.asarray(ideal, dtype=xp.float32 if traced else np.float64), 0, caps_a)
+    base = xp.floor(z)
+    frac = xp.where(base < caps_a, z - base, -1.0)
+    extra = xp.asarray(total) - base.sum()
+    order = xp.argsort(-frac, stable=True) if traced else np.argsort(-frac, kind="stable")
+    rank = xp.argsort(order)
+    k = base + (rank < extra)
+    k = xp.clip(k, 0, caps_a)
+    return k.astype(xp.int32) if traced else k.astype(np.int64)
+
+
+def erk_counts(sizes_groups: Sequence[int], shapes: Sequence[Sequence[int]], sparsity: Any,
+               *, kernel: bool = True) -> list[Any]:
+    """Prune counts per leaf (in groups) with ERK densities and an exact total."""
+    dens = erk_densities(shapes, sparsity, kernel=kernel)
+    groups = np.asarray(sizes_groups, np.float64)
+    traced = _is_tracer(dens)
+    xp = jnp if traced else np
+    ideal = (1.0 - dens) * groups
+    total = num_pruned(sparsity, int(groups.sum()))
+    ks = largest_remainder(ideal, total, [int(g) for g in sizes_groups])
+    if traced:
+        return [ks[i] for i in range(len(sizes_groups))]
+    del xp
+    return [int(k) for k in ks]
+
+
+class PathMap:
+    """A resolved ``{regex: sparsity_or_schedule}`` map for a list of paths.
+
+    ``has_default`` says whether unmatched paths may take the caller's target
+    sparsity; if not, unmatched paths are an error.
+    """
+
+    def __init__(self, mapping: Mapping[str, Any], paths: Sequence[str], has_default: bool):
+        if not isinstance(mapping, Mapping) or not mapping:
+            raise TypeError("a per-path sparsity map must be a non-empty dict {regex: sparsity}")
+        rxs = []
+        for pat, val in mapping.items():
+            if not isinstance(pat, str):
+                raise TypeError(f"sparsity map keys must be regex strings, got {pat!r}")
+            try:
+                rxs.append((pat, re.compile(pat), val))
+            except re.error as e:
+                raise ValueError(f"sparsity map key {pat!r} is not a valid regex: {e}") from None
+            if not callable(val):
+                check_in_range(f"sparsity map value for {pat!r}", val, 0.0, 1.0,
+                               high_inclusive=False)
+        self.values: list[Any] = []  # None: take the default
+        used = [False] * len(rxs)
+        unmatched = []
+        for p in paths:
+            for i, (_, rx, val) in enumerate(rxs):
+                if rx.fullmatch(p):
+                    self.values.append(val)
+                    used[i] = True
+                    break
+            else:
+                unmatched.append(p)
+                self.values.append(None)
+        if unmatched and not has_default:
+            raise ValueError(
+                "the per-path sparsity map matches none of these selected parameters and no "
+                f"default sparsity was given:\n{list_paths(unmatched)}\nAdd a regex for them "
+                "(full match on the path), pass a default sparsity, or exclude them with where=."
+            )
+        for (pat, _, _), u in zip(rxs, used):
+            if not u:
+                raise ValueError(
+                    f"the per-path sparsity map key {pat!r} matches no selected parameter (or an "
+                    "earlier key takes them all). Selected paths:\n"
+                    + list_paths(list(paths), close_to=pat)
+                )
+
+    @property
+    def has_schedules(self) -> bool:
+        return any(callable(v) for v in self.values)
+
+    def at(self, step: Any, default: Any = None) -> list[Any]:
+        """Per-leaf sparsity at ``step``: schedules evaluated, unmatched -> ``default``."""
+        out = []
+        for v in self.values:
+            if v is None:
+                out.append(default)
+            elif callable(v):
+                if step is None:
+                    raise ValueError(
+                        "the per-path sparsity map holds schedules but no step is known here; "
+                        "use numbers, or a compressor (which evaluates schedules at update steps)"
+                    )
+                out.append(jnp.clip(jnp.asarray(v(step), jnp.float32), 0.0, 1.0))
+            else:
+                out.append(v)
+        return out
+
+
+def _selected(params: Any, where: Where) -> list[tuple[str, Any]]:
+    flags = jax.tree_util.tree_leaves(resolve(where, params))
+    return [(p, x) for (p, x), f in zip(leaves_with_paths(params), flags) if f]
+
+
+def erk_sparsities(params: Any, sparsity: float, *, where: Where = None,
+                   kernel: bool = True) -> dict[str, float]:
+    """The per-leaf sparsities ERK (or ER with ``kernel=False``) gives, by path.
+
+    Sparsities are ``k_l / n_l`` with integer prune counts ``k_l`` whose total
+    is exactly ``round(sparsity * N)``.
+
+    Args:
+      params: the parameter tree (arrays or shape-dtype structs).
+      sparsity: the overall target in ``[0, 1)``.
+      where: the leaves to prune (default: every leaf with ``ndim >= 2``).
+      kernel: ERK (True) or ER (False).
+
+    References:
+      Evci et al. 2020, arXiv:1911.11134.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> p = {"a": jnp.ones((100, 100)), "b": jnp.ones((10, 1000)), "c": jnp.ones(5)}
+      >>> {k: round(v, 4) for k, v in erk_sparsities(p, 0.9).items()}
+      {'a': 0.9669, 'b': 0.8331}
+    """
+    from jaxcomp.select import ndim
+
+    check_in_range("sparsity", sparsity, 0.0, 1.0, high_inclusive=False)
+    sel = _selected(params, ndim(min=2) if where is None else where)
+    shapes = [tuple(x.shape) for _, x in sel]
+    sizes = [int(np.prod(s)) for s in shapes]
+    ks = erk_counts(sizes, shapes, sparsity, kernel=kernel)
+    return {p: (k / n if n else 0.0) for (p, _), k, n in zip(sel, ks, sizes)}
+
+
+def path_sparsities(params: Any, mapping: Mapping[str, float], *, default: float | None = None,
+                    where: Where = None) -> dict[str, float]:
+    """Resolves a ``{regex: sparsity}`` map against the selected leaves, by path.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> p = {"conv": {"kernel": jnp.ones((3, 3, 4, 4))}, "fc": {"kernel": jnp.ones((4, 2))}}
+      >>> path_sparsities(p, {r"conv/.*": 0.5}, default=0.8)
+      {'conv/kernel': 0.5, 'fc/kernel': 0.8}
+    """
+    from jaxcomp.select import ndim
+
+    sel = _selected(params, ndim(min=2) if where is None else where)
+    if default is not None:
+        check_in_range("default", default, 0.0, 1.0, high_inclusive=False)
+    pm = PathMap(mapping, [p for p, _ in sel], default is not None)
+    return {p: float(v) for (p, _), v in zip(sel, pm.at(None, default))}
+
+
+Allocation = str | Mapping[str, Any] | Callable[..., Any]

@@ -1,0 +1,262 @@
+"""The machinery shared by every pruning compressor: selection, masks, updates.
+
+A pruning compressor is built from four independent parts (scores,
+allocation, pattern, schedule) plus a *mode* for the forward view
+(:mod:`jaxcomp.prune.ste`). :func:`build_pruning` assembles them into a
+:class:`~jaxcomp.Compressor`:
+
+* ``init(params)`` resolves ``where=``, validates shapes against the
+  pattern, and builds the masks (pruned at the schedule's step-0 sparsity
+  when the score needs nothing but the params; otherwise dense).
+* ``apply(params, state)`` is the masked view (gradients by mode).
+* ``update(params, state, *, step, grads=None, **extra)`` accumulates
+  running scores, recomputes masks when ``schedule.is_update_step(step)``
+  (``lax.cond`` under ``jit``, so new masks never retrace) and, in mask mode,
+  zeros the newly pruned stored weights at those steps (between updates the
+  stored weights are left to :func:`jaxcomp.keep_compressed`; the view is
+  masked either way).
+* ``project(params, state)`` (mask mode) zeros pruned stored weights; with
+  :func:`jaxcomp.keep_compressed` last in an optax chain it keeps them exactly
+  zero through momentum and weight decay.
+
+Masks are stored in the state with the params' structure; leaves that are
+not pruned hold :class:`~jaxcomp.MaskedNode`, so the mask tree's canonical
+paths are the params' paths and ``__jaxcomp_info__`` reports per-path
+densities to :func:`jaxcomp.metrics.analyze`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxcomp.core.base import Compressor, MaskedNode
+from jaxcomp.core.errors import list_paths
+from jaxcomp.core.info import LeafInfo
+from jaxcomp.prune.masks import MaskConfig, _check_leaf, compute_keep, default_where
+from jaxcomp.prune.patterns import NM
+from jaxcomp.prune.schedules import Schedule
+from jaxcomp.prune.ste import MODES, mask_view, masked_weight
+from jaxcomp.prune.threshold import _is_tracer, check_finite
+from jaxcomp.select.paths import is_leaf, leaves_with_paths, path_str
+from jaxcomp.select.selectors import resolve
+
+__all__ = ["Selection", "build_pruning", "masks_info"]
+
+# scorer(selection, selected_grads | None, extra, state, accumulated | None)
+#   -> list of score arrays, one per selected leaf
+Scorer = Callable[["Selection", list | None, dict, Any, list | None], list]
+
+
+def masks_info(masks: Any) -> dict[str, LeafInfo]:
+    """``{path: LeafInfo(density=kept fraction)}`` for the mask leaves of a state."""
+    out = {}
+    for p, m in leaves_with_paths(masks):
+        if _is_tracer(m):
+            raise ValueError("masks_info needs concrete masks (call it outside jit)")
+        out[p] = LeafInfo(density=float(np.mean(np.asarray(m))) if np.size(m) else 1.0)
+    return out
+
+
+class Selection:
+    """The pruned leaves of a params tree (static, recomputed per trace)."""
+
+    def __init__(self, params: Any, where: Any, what: str):
+        flat, self.treedef = jax.tree_util.tree_flatten_with_path(params, is_leaf=is_leaf)
+        self.paths = [path_str(kp) for kp, _ in flat]
+        self.leaves = [x for _, x in flat]
+        flags = jax.tree_util.tree_leaves(resolve(default_where() if where is None else where,
+                                                  params))
+        self.idx = [i for i, f in enumerate(flags) if f]
+        if not self.idx:
+            raise ValueError(
+                f"{what}: where= selects no parameter. Available paths:\n{list_paths(self.paths)}"
+                "\nSelect at least one (e.g. where=r'.*/kernel'); the default takes float arrays "
+                "with ndim >= 2."
+            )
+        for i in self.idx:
+            _check_leaf(self.paths[i], self.leaves[i], what)
+        self.what = what
+
+    @property
+    def sel_paths(self) -> list[str]:
+        return [self.paths[i] for i in self.idx]
+
+    @property
+    def sel_leaves(self) -> list[Any]:
+        return [self.leaves[i] for i in self.idx]
+
+    def of(self, tree: Any, name: str) -> list[Any]:
+        """The selected leaves of a tree with the params' structure (e.g. grads)."""
+        leaves = jax.tree_util.tree_leaves(tree, is_leaf=is_leaf)
+        if len(leaves) != len(self.leaves):
+            raise ValueError(
+                f"{self.what}: {name} has {len(leaves)} leaves but params have {len(self.leaves)};"
+                f" pass {name} with the structure of params"
+            )
+        return [leaves[i] for i in self.idx]
+
+    def masks_of(self, masks: Any) -> list[jax.Array]:
+        ms = jax.tree_util.tree_leaves(masks, is_leaf=is_leaf)
+        shapes_ok = len(ms) == len(self.idx) and all(
+            tuple(np.shape(m)) == tuple(np.shape(self.leaves[i])) for m, i in zip(ms, self.idx))
+        if not shapes_ok:
+            raise ValueError(
+                f"{self.what}: the state's masks do not fit these params (selected now:\n"
+                f"{list_paths(self.sel_paths)}\n). Re-run init on the params you train, with the "
+                "same where=."
+            )
+        return ms
+
+    def sub_tree(self, tree_leaves: Sequence[Any] | None = None) -> Any:
+        """The params tree with unselected leaves replaced by MaskedNode."""
+        src = self.leaves if tree_leaves is None else tree_leaves
+        sel = set(self.idx)
+        return jax.tree_util.tree_unflatten(
+            self.treedef, [x if i in sel else MaskedNode() for i, x in enumerate(src)])
+
+    def rebuild(self, selected_new: Sequence[Any], base: Sequence[Any] | None = None) -> Any:
+        out = list(self.leaves if base is None else base)
+        for i, x in zip(self.idx, selected_new):
+            out[i] = x
+        return jax.tree_util.tree_unflatten(self.treedef, out)
+
+    def masks_tree(self, keeps: Sequence[jax.Array]) -> Any:
+        out: list[Any] = [MaskedNode()] * len(self.leaves)
+        for i, k in zip(self.idx, keeps):
+            out[i] = k
+        return jax.tree_util.tree_unflatten(self.treedef, out)
+
+
+def build_pruning(
+    *,
+    name: str,
+    state_cls: type,
+    schedule: Schedule,
+    config: MaskConfig,
+    where: Any,
+    mode: str,
+    decay: Any,
+    scorer: Scorer,
+    init_scores: Callable[[list], list] | None,
+    has_default_sparsity: bool,
+    accumulate: Callable[[list, list, list], list] | None = None,
+    check_finite_params: bool = True,
+) -> Compressor:
+    """Assembles a pruning compressor (see the module docstring).
+
+    ``state_cls`` is a NamedTuple with fields ``masks, sparsity,
+    pruned_fraction, count, last_update`` and, when ``accumulate`` is given,
+    ``scores``.
+    """
+    if mode not in MODES:
+        raise ValueError(f"{name}: mode={mode!r} must be one of {MODES}")
+    if mode != "sr_ste" and decay is not None:
+        raise ValueError(f"{name}: sr_ste_decay only applies to mode='sr_ste'")
+
+    def select(params):
+        sel = Selection(params, where, name)
+        config.check(sel.sel_paths, [tuple(np.shape(x)) for x in sel.sel_leaves])
+        pm = config.path_map(sel.sel_paths, has_default_sparsity)
+        return sel, pm
+
+    def init(params):
+        sel, pm = select(params)
+        leaves = sel.sel_leaves
+        if check_finite_params:
+            check_finite({p: x for p, x in zip(sel.sel_paths, leaves)}, f"{name}: params")
+        step0 = jnp.zeros((), jnp.int32)
+        if init_scores is not None:
+            s0 = schedule(step0)
+            keeps, frac = compute_keep(config, init_scores(leaves), sel.sel_paths, s0,
+                                       step=step0, path_map=pm)
+        else:
+            s0 = jnp.zeros((), jnp.float32)
+            keeps = [jnp.ones_like(x, dtype=bool) for x in leaves]
+            frac = jnp.zeros((), jnp.float32)
+        fields = {"masks": sel.masks_tree(keeps), "sparsity": jnp.asarray(s0, jnp.float32),
+                  "pruned_fraction": jnp.asarray(frac, jnp.float32),
+                  "count": jnp.zeros((), jnp.int32),
+                  "last_update": jnp.full((), -1, jnp.int32)}
+        if accumulate is not None:
+            fields["scores"] = sel.masks_tree([jnp.zeros(jnp.shape(x), jnp.float32)
+                                               for x in leaves])
+        return state_cls(**fields)
+
+    def apply(params, state):
+        sel, _ = select(params)
+        ms = sel.masks_of(state.masks)
+        return sel.rebuild([mask_view(w, m, mode, decay) for w, m in zip(sel.sel_leaves, ms)])
+
+    def update(params, state, *, step, grads=None, **extra):
+        sel, pm = select(params)
+        ms = sel.masks_of(state.masks)
+        leaves = sel.sel_leaves
+        g = None if grads is None else sel.of(grads, "grads")
+        step = jnp.asarray(step, jnp.int32)
+        fields = {}
+        acc = None
+        if accumulate is not None:
+            if g is None:
+                raise ValueError(f"{name}.update needs grads= (scores accumulate every update)")
+            acc = accumulate(leaves, g, sel.masks_of(state.scores))
+            fields["scores"] = sel.masks_tree(acc)
+
+        def recompute(ws):
+            scores = scorer(sel, g, extra, state, acc)
+            s = schedule(step)
+            keeps, frac = compute_keep(config, scores, sel.sel_paths, s, step=step, path_map=pm)
+            if mode == "mask":  # new masks: zero the newly pruned stored weights
+                ws = [masked_weight(w, k) for w, k in zip(ws, keeps)]
+            return (list(keeps), jnp.asarray(s, jnp.float32), jnp.asarray(frac, jnp.float32),
+                    list(ws))
+
+        def keep(ws):
+            # Between mask updates the stored weights are left alone: the forward view is
+            # masked anyway, and jaxcomp.keep_compressed keeps them exactly zero; this saves
+            # a pass over every pruned weight on each step.
+            return list(ms), state.sparsity, state.pruned_fraction, list(ws)
+
+        do = schedule.is_update_step(step)
+        # Only mask mode routes the weights through the cond (projected on update steps only);
+        # project mode projects after the cond on every step in one fused pass.
+        operand = list(leaves) if mode == "mask" else []
+        if _is_tracer(do):
+            keeps, s, frac, new_leaves = lax.cond(do, recompute, keep, operand)
+        else:  # eager call: no need to compile both branches
+            keeps, s, frac, new_leaves = recompute(operand) if bool(do) else keep(operand)
+        do_i = jnp.asarray(do, jnp.int32)
+        fields.update(masks=sel.masks_tree(keeps), sparsity=s, pruned_fraction=frac,
+                      count=state.count + do_i,
+                      last_update=jnp.where(do, step, state.last_update))
+        new_state = state._replace(**fields)
+        if mode == "mask":
+            params = sel.rebuild(new_leaves)
+        elif mode == "project":  # every step: the optimizer moved the pruned weights
+            params = sel.rebuild([masked_weight(w, k) for w, k in zip(leaves, keeps)])
+        return params, new_state
+
+    project = None
+    if mode in ("mask", "project"):
+
+        def project(params, state):
+            sel, _ = select(params)
+            ms = sel.masks_of(state.masks)
+            return sel.rebuild([masked_weight(w, m) for w, m in zip(sel.sel_leaves, ms)])
+
+    return Compressor(init, apply, update, project)
+
+
+def nm_sparsity_check(pattern: Any, sparsity: Any, name: str) -> None:
+    """Rejects a constant sparsity that contradicts an N:M pattern."""
+    if isinstance(pattern, NM) and isinstance(sparsity, (int, float)) and not isinstance(
+            sparsity, bool) and sparsity not in (0, pattern.sparsity):
+        raise ValueError(
+            f"{name}: {pattern} prunes exactly 1 - n/m = {pattern.sparsity:g}; got sparsity="
+            f"{sparsity!r}. Pass None (always on) or a schedule (N:M is on while it is > 0)."
+        )

@@ -1,0 +1,164 @@
+"""Sort-free exact selection: exactness, ties, edge cases, sharding without all-gathers."""
+
+import itertools
+import re
+
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import jaxcomp.prune as jp
+from jaxcomp.prune import threshold as T
+
+
+def oracle_bottomk(x, k):
+    """Brute force: the k smallest by (value, flat index)."""
+    flat = np.asarray(x, np.float32).ravel()
+    order = sorted(range(flat.size), key=lambda i: (flat[i], i))
+    m = np.zeros(flat.size, bool)
+    m[order[:k]] = True
+    return m.reshape(np.shape(x))
+
+
+def test_ordered_key_is_monotone():
+    vals = np.array([-np.inf, -3e38, -1.0, -1e-40, -0.0, 0.0, 1e-45, 0.5, 1.0, 3e38, np.inf],
+                    np.float32)
+    keys = np.asarray(T.ordered_key(vals)).astype(np.int64)
+    assert all(a <= b for a, b in itertools.pairwise(keys))
+    assert keys[4] == keys[5]  # -0.0 == +0.0
+    assert int(T.ordered_key(jnp.float32(jnp.nan))) == 2**32 - 1
+    back = np.asarray(T._key_to_float(T.ordered_key(vals)))
+    normal = (vals == 0) | (np.abs(vals) >= np.finfo(np.float32).tiny)  # XLA CPU flushes subnormals
+    np.testing.assert_array_equal(back[normal], vals[normal] + 0.0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=st.sampled_from([(1,), (7,), (3, 5), (4, 4), (2, 3, 4), (1, 1, 9)]),
+       sparsity=st.floats(0.0, 0.999), ties=st.booleans(), seed=st.integers(0, 2**16))
+def test_threshold_mask_exact_sparsity_and_order(shape, sparsity, ties, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-2, 3, size=shape) if ties else rng.normal(size=shape)
+    x = x.astype(np.float32)
+    n = x.size
+    keep = np.asarray(jp.threshold_mask(x, sparsity))
+    k = round(sparsity * n)
+    assert keep.shape == shape and keep.dtype == bool
+    assert (~keep).sum() == k
+    np.testing.assert_array_equal(~keep, oracle_bottomk(x, k))
+
+
+@settings(max_examples=12, deadline=None)
+@given(sizes=st.lists(st.sampled_from([1, 5, 12]), min_size=1, max_size=3), frac=st.floats(0, 1),
+       seed=st.integers(0, 2**16), ways=st.sampled_from([2, 3, 16]))
+def test_global_group_matches_brute_force(sizes, frac, seed, ways):
+    rng = np.random.default_rng(seed)
+    xs = [rng.integers(0, 4, size=n).astype(np.float32) for n in sizes]
+    total = sum(sizes)
+    k = round(frac * total)
+    got = jp.smallest_k_masks([jnp.asarray(x) for x in xs], [k], groups=[0] * len(xs), ways=ways)
+    cat = [(float(v), j, i) for j, x in enumerate(xs) for i, v in enumerate(x)]
+    want = [np.zeros(n, bool) for n in sizes]
+    for _, j, i in sorted(cat)[:k]:
+        want[j][i] = True
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(np.asarray(g), w)
+
+
+def test_edge_cases():
+    # all equal: lower indices pruned first
+    np.testing.assert_array_equal(jp.threshold_mask(jnp.ones(6), 0.5), [0, 0, 0, 1, 1, 1])
+    # all zero, 2-d
+    m = jp.threshold_mask(jnp.zeros((3, 3)), 0.34)
+    assert (~m).sum() == 3 and not m[0].any() and m[1:].all()
+    # single element
+    assert bool(jp.threshold_mask(jnp.array([5.0]), 0.4)[0])
+    assert not bool(jp.threshold_mask(jnp.array([5.0]), 0.6)[0])
+    # sparsity 0 keeps everything, also with infinities
+    assert bool(jp.threshold_mask(jnp.array([-jnp.inf, 0.0, jnp.inf]), 0.0, check_finite=False)
+                .all())
+    # topk / bottomk are complements; k = 0 and k = n
+    x = jnp.array([3.0, 1.0, 3.0, 2.0])
+    np.testing.assert_array_equal(jp.topk_mask(x, 2), [True, False, True, False])
+    np.testing.assert_array_equal(jp.topk_mask(x, 1), [False, False, True, False])
+    np.testing.assert_array_equal(jp.topk_mask(x, 0), [False] * 4)
+    np.testing.assert_array_equal(jp.bottomk_mask(x, 4), [True] * 4)
+    np.testing.assert_array_equal(jp.topk_mask(x, 3), ~jp.bottomk_mask(x, 1))
+    assert float(jp.kth_smallest(x, 3)) == 3.0 and float(jp.kth_smallest(-x, 1)) == -3.0
+    assert int(jp.count_true(jnp.arange(1001 * 7).reshape(1001, 7) % 2 == 0)) == 3504
+
+
+def test_rounding_rule_and_traced_sparsity():
+    assert jp.num_pruned(0.5, 5) == 2 and jp.num_pruned(0.5, 7) == 4  # halves to even
+    assert jp.num_pruned(0.25, 10) == 2
+    x = jax.random.normal(jax.random.key(0), (37,))
+    f = jax.jit(lambda x, s: jp.threshold_mask(x, s))
+    for s in (0.0, 0.1, 0.5, 0.93):
+        assert int((~f(x, s)).sum()) == round(s * 37)
+
+
+def test_nan_and_bad_arguments():
+    x = jnp.array([1.0, jnp.nan, 2.0])
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        jp.threshold_mask(x, 0.5)
+    with pytest.raises(ValueError, match="NaN"):
+        jp.topk_mask(x, 1)
+    # under jit: documented rule, NaN ranks above +inf (kept)
+    keep = jax.jit(lambda x: jp.threshold_mask(x, 0.6))(x)
+    np.testing.assert_array_equal(keep, [False, True, False])
+    with pytest.raises(ValueError, match=r"outside \[0.0, 1.0\)"):
+        jp.threshold_mask(jnp.ones(3), 1.0)
+    with pytest.raises(ValueError, match="outside"):
+        jp.threshold_mask(jnp.ones(3), -0.1)
+    with pytest.raises(ValueError, match="k=4"):
+        jp.topk_mask(jnp.ones(3), 4)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        jp.check_finite({"layer": {"kernel": jnp.array([jnp.inf])}}, "params")
+
+
+def _collectives(compiled_text):
+    return set(re.findall(r"\b(all-gather|all-to-all|collective-permute|all-reduce)\b",
+                          compiled_text))
+
+
+@pytest.mark.parametrize("explicit", [True, False])
+def test_sharded_mask_has_no_all_gather_and_matches(explicit):
+    types = (jax.sharding.AxisType.Explicit if explicit else jax.sharding.AxisType.Auto,) * 2
+    mesh = jax.make_mesh((2, 4), ("a", "b"), axis_types=types)
+    w = jax.random.normal(jax.random.key(0), (2048, 2048))
+    w = jnp.round(w * 8) / 8  # many ties: exercises the index search too
+    ws = jax.device_put(w, NamedSharding(mesh, P("a", "b")))
+    f = jax.jit(lambda w: jp.threshold_mask(jnp.abs(w), 0.9))
+    colls = _collectives(f.lower(ws).compile().as_text())
+    assert "all-gather" not in colls and "all-to-all" not in colls
+    m = f(ws)
+    assert m.sharding.spec == P("a", "b")
+    single = jp.threshold_mask(jnp.abs(jax.device_put(w, jax.devices()[0])), 0.9)
+    np.testing.assert_array_equal(np.asarray(m), np.asarray(single))
+    assert int((~m).sum()) == round(0.9 * 2048 * 2048)
+
+
+def test_sharded_global_threshold_over_several_leaves():
+    mesh = jax.make_mesh((2, 4), ("a", "b"))
+    specs = {"big": ((2048, 2048), P("a", "b")), "fc": ((512, 256), P("b", None)),
+             "conv": ((3, 3, 64, 128), P(None, None, "a", "b"))}
+    key = jax.random.key(1)
+    params = {n: jnp.round(jax.random.normal(jax.random.fold_in(key, i), s) * 16) / 16
+              for i, (n, (s, _)) in enumerate(specs.items())}
+    sharded = {n: jax.device_put(params[n], NamedSharding(mesh, sp))
+               for n, (_, sp) in specs.items()}
+    f = jax.jit(lambda p: jp.magnitude_mask(p, 0.8, scope="global"))
+    colls = _collectives(f.lower(sharded).compile().as_text())
+    assert "all-gather" not in colls and "all-to-all" not in colls
+    got = f(sharded)
+    for n, (_, sp) in specs.items():
+        assert got[n].sharding.spec == sp
+    want = jp.magnitude_mask(jax.device_put(params, jax.devices()[0]), 0.8, scope="global")
+    total = sum(x.size for x in params.values())
+    assert sum(int((~got[n]).sum()) for n in specs) == round(0.8 * total)
+    for n in specs:
+        np.testing.assert_array_equal(np.asarray(got[n]), np.asarray(want[n]))
