@@ -156,3 +156,32 @@ def test_build_compressor_chain_and_errors():
         build_compressor([{"method": "test_identity"}, {"method": "nope"}])
     with pytest.raises(ConfigError, match="an empty list"):
         build_compressor([])
+
+
+def test_pruning_compressors_from_config():
+    import jax
+    import jax.numpy as jnp
+
+    from jaxcomp.config import build_compressor
+
+    params = {"fc": {"kernel": jax.random.normal(jax.random.key(0), (10, 10)), "bias": jnp.ones(10)}}
+    comp = build_compressor({"method": "magnitude_pruning",
+                             "sparsity": {"name": "polynomial", "initial_sparsity": 0.0,
+                                          "final_sparsity": 0.5, "begin_step": 0, "end_step": 10,
+                                          "update_every": 5},
+                             "where": r".*/kernel"})
+    s = comp.init(params)
+    _, s = comp.update(params, s, step=10)
+    assert int(jnp.sum(comp.apply(params, s)["fc"]["kernel"] == 0)) == 50
+    nm = build_compressor({"method": "magnitude_pruning", "sparsity": None, "pattern": "2:4",
+                           "where": r".*/kernel"})
+    w = {"l": {"kernel": jax.random.normal(jax.random.key(1), (4, 8))}}
+    nm_state = nm.init(w)
+    kept = nm.apply(w, nm_state)["l"]["kernel"] != 0
+    assert kept.reshape(4, 2, 4).sum(-1).tolist() == [[2, 2]] * 4
+    with pytest.raises(ConfigError, match=r"sparsity.name: unknown pruning schedule 'poly'"):
+        build_compressor({"method": "magnitude_pruning", "sparsity": {"name": "poly"}})
+    with pytest.raises(ConfigError, match=r"config.compression.scop: not an argument"):
+        build_compressor({"method": "magnitude_pruning", "sparsity": 0.5, "scop": "global"})
+    with pytest.raises(ConfigError, match=r"config.compression \(magnitude_pruning\)"):
+        build_compressor({"method": "magnitude_pruning", "sparsity": 1.5})

@@ -106,3 +106,39 @@ def build_compressor(spec: Any, *, field: str = "config.compression") -> Any:
             raise ConfigError(f"{field}: an empty list; give at least one stage or omit the field")
         return chain(*[build_compressor(s, field=f"{field}.{i}") for i, s in enumerate(spec)])
     return COMPRESSORS.build(spec, field=field, key="method")
+
+
+PRUNING_SCHEDULES = Registry("pruning schedule")
+
+
+def _with_sparsity_schedule(factory: Any, name: str) -> Any:
+    """Wraps a pruning factory so ``sparsity`` may be a ``{"name": schedule, ...}`` mapping."""
+    import functools
+
+    @functools.wraps(factory)
+    def build(sparsity: Any = None, **kwargs: Any) -> Any:
+        if hasattr(sparsity, "to_dict"):
+            sparsity = sparsity.to_dict()
+        if isinstance(sparsity, Mapping):
+            sparsity = PRUNING_SCHEDULES.build(sparsity, field=f"config.compression ({name}).sparsity")
+        return factory(sparsity, **kwargs)
+
+    return build
+
+
+def _register_builtins() -> None:
+    import jaxcomp.prune as jp
+
+    for key, fn in (("constant", jp.constant_schedule), ("one_shot", jp.one_shot_schedule),
+                    ("iterative", jp.iterative_schedule), ("polynomial", jp.polynomial_schedule),
+                    ("cubic", jp.cubic_schedule)):
+        PRUNING_SCHEDULES.register(key, fn)
+    for key, fn in (("magnitude_pruning", jp.magnitude_pruning),
+                    ("random_pruning", jp.random_pruning),
+                    ("saliency_pruning", jp.saliency_pruning),
+                    ("movement_pruning", jp.movement_pruning),
+                    ("obd_pruning", jp.obd_pruning)):
+        COMPRESSORS.register(key, _with_sparsity_schedule(fn, key))
+
+
+_register_builtins()
