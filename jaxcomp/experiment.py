@@ -36,7 +36,7 @@ import numpy as np
 
 from jaxcomp.config.builders import build_compressor, build_optimizer
 from jaxcomp.config.loading import get_field, require
-from jaxcomp.config.registry import ConfigError
+from jaxcomp.config.registry import ConfigError, _suggest
 
 __all__ = [
     "build_model",
@@ -117,7 +117,7 @@ def build_model(model_cfg: Any, dataset: Any = None, *, field: str = "config.mod
     return model
 
 
-def _early_stopping(cfg: Any) -> Any:
+def _early_stopping(cfg: Any, field: str = "config.train") -> Any:
     from jaxcomp.train import EarlyStopping
 
     if cfg is None:
@@ -125,7 +125,11 @@ def _early_stopping(cfg: Any) -> Any:
     try:
         return EarlyStopping(**dict(_plain(cfg)))
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"config.train.early_stopping: {e}") from e
+        raise ConfigError(f"{field}.early_stopping: {e}") from e
+
+
+_TRAIN_FIELDS = ("optimizer", "steps", "epochs", "eval_every", "log_every", "early_stopping",
+                 "accumulate", "compressor_every", "checkpoint_every")
 
 
 def train_supervised(
@@ -139,8 +143,10 @@ def train_supervised(
     compressor: Any = None,
     loss_fn: Any = None,
     params: Any = None,
+    extras: Mapping[str, Any] | None = None,
     workdir: str | pathlib.Path | None = None,
     progress: bool = True,
+    field: str = "config.train",
 ) -> tuple[Any, list[dict], dict[str, float]]:
     """Trains ``model`` on ``dataset`` as ``train_cfg`` says; returns (state, history, test metrics).
 
@@ -150,7 +156,11 @@ def train_supervised(
     ``accumulate``, ``compressor_every`` and ``checkpoint_every``. With a
     compressor, ``jaxcomp.keep_compressed`` is appended to the optimizer.
     ``loss_fn`` defaults to :func:`~jaxcomp.train.supervised_loss`;
-    ``params`` (e.g. a pretrained or rewound tree) replaces the fresh init.
+    ``params`` (e.g. a pretrained or rewound tree) replaces the fresh init;
+    ``extras`` are more per-training-example arrays batched alongside ``x``
+    and ``y`` (e.g. ``{"teacher_logits": precompute_logits(...)}`` for a
+    ``distillation_loss(..., precomputed=True)``). ``field`` is the dotted
+    path of ``train_cfg`` named in configuration errors.
     """
     import optax
 
@@ -159,7 +169,20 @@ def train_supervised(
     from jaxcomp.core.optax_bridge import keep_compressed
 
     cfg = _plain(train_cfg)
-    tx = build_optimizer(cfg.get("optimizer"), field="config.train.optimizer")
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(f"{field}: expected a mapping with optimizer and steps or epochs, "
+                          f"got {cfg!r}")
+    for name in cfg:
+        if name not in _TRAIN_FIELDS:
+            raise ConfigError(f"{field}.{name}: unknown field{_suggest(name, list(_TRAIN_FIELDS))} "
+                              f"Known: {', '.join(_TRAIN_FIELDS)}")
+    for name in ("steps", "epochs", "eval_every", "log_every", "accumulate", "compressor_every",
+                 "checkpoint_every"):
+        value = cfg.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise ConfigError(f"{field}.{name}: expected a positive int, got {value!r}")
+    tx = build_optimizer(cfg.get("optimizer"), field=f"{field}.optimizer")
     if compressor is not None:
         tx = optax.chain(tx, keep_compressed(compressor))
     k_init, k_data, k_state = jax.random.split(key, 3)
@@ -178,15 +201,15 @@ def train_supervised(
                                      compressor=compressor)
     steps, epochs = cfg.get("steps"), cfg.get("epochs")
     if (steps is None) == (epochs is None):
-        raise ConfigError("config.train: give exactly one of steps and epochs")
+        raise ConfigError(f"{field}: give exactly one of steps and epochs")
     train_batches = jdata.batches(dataset.x_train, dataset.y_train, batch_size, key=k_data,
-                                  epochs=None if steps else epochs)
+                                  epochs=None if steps else epochs, extras=extras)
     eval_batches = list(jdata.batches(dataset.x_test, dataset.y_test, eval_batch_size,
                                       shuffle=False, pad_last=True, epochs=1))
     state, history = train.fit(
         state, step, train_batches, eval_fn=eval_step, eval_batches=eval_batches,
         steps=steps, epochs=epochs, eval_every=cfg.get("eval_every"),
-        log_every=cfg.get("log_every"), early_stopping=_early_stopping(cfg.get("early_stopping")),
+        log_every=cfg.get("log_every"), early_stopping=_early_stopping(cfg.get("early_stopping"), field),
         workdir=workdir, checkpoint_every=cfg.get("checkpoint_every"), progress=progress,
     )
     test = train.evaluate(jax.jit(eval_step), state, eval_batches)

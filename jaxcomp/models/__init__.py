@@ -15,6 +15,7 @@ lenet5              28x28x1       431,080       2,293,000
 lenet5_classic      32x32x1       61,706        416,520
 mnist1d_mlp         40            15,210        15,000
 mnist1d_cnn         40x1          5,210         31,750
+mnist1d_gru         40            5,134         14,880
 lottery_mlp         40            276,010       275,000
 kd_teacher          784           2,395,210     2,392,800
 kd_student          784           1,276,810     1,275,200
@@ -80,6 +81,7 @@ from jaxcomp.models.nnx_models import (
 )
 from jaxcomp.models.registry import ModelSpec, get_model, list_models, register_model
 from jaxcomp.models.resnet import BasicBlock, Bottleneck, CifarResNet, ResNet, resnet20, resnet50
+from jaxcomp.models.rnn import GRU, MNIST1DGRU, mnist1d_gru
 from jaxcomp.models.transformer import (
     EncoderBlock,
     SelfAttention,
@@ -88,9 +90,11 @@ from jaxcomp.models.transformer import (
 )
 
 __all__ = [
+    "GRU",
     "MLP",
     "MLPNNX",
     "MNIST1DCNN",
+    "MNIST1DGRU",
     "MNIST1DMLPNNX",
     "MOBILENET_SMALL_BLOCKS",
     "VGG_SMALL_CFG",
@@ -119,6 +123,7 @@ __all__ = [
     "lottery_mlp",
     "mlp",
     "mnist1d_cnn",
+    "mnist1d_gru",
     "mnist1d_mlp",
     "mobilenet_small",
     "params_dict",
