@@ -58,6 +58,20 @@ from jaxcomp.prune.masks import (
     nm_mask,
     score_mask,
 )
+from jaxcomp.prune.obs import (
+    HessianState,
+    accumulate_hessian,
+    init_hessian,
+    layer_hessian,
+    obs_remove,
+    reconstruction_error,
+    sparsegpt_prune,
+)
+from jaxcomp.prune.obs_model import (
+    ObsLayerStats,
+    ObsPruneResult,
+    obs_prune,
+)
 from jaxcomp.prune.patterns import NM, Block, Channel, Unstructured
 from jaxcomp.prune.schedules import (
     Schedule,
@@ -69,8 +83,20 @@ from jaxcomp.prune.schedules import (
     polynomial_schedule,
 )
 from jaxcomp.prune.scores import exact_hessian_diag, fisher_diag, hutchinson_diag
+from jaxcomp.prune.sensitivity import (
+    SensitivityTable,
+    sensitivity_scan,
+)
 from jaxcomp.prune.ste import masked_weight, sr_ste_masked_weight, ste_masked_weight
 from jaxcomp.prune.summary import SparsityRow, SparsitySummary, sparsity_summary
+from jaxcomp.prune.thinet import (
+    ChannelPruneResult,
+    greedy_channel_selection,
+    lasso_channel_selection,
+    least_squares_refit,
+    thinet_prune,
+    thinet_prune_layer,
+)
 from jaxcomp.prune.threshold import (
     bottomk_mask,
     check_finite,
@@ -86,16 +112,22 @@ __all__ = [
     "NM",
     "Block",
     "Channel",
+    "ChannelPruneResult",
+    "HessianState",
     "MagnitudePruningState",
     "MaskConfig",
     "MovementPruningState",
     "ObdPruningState",
+    "ObsLayerStats",
+    "ObsPruneResult",
     "RandomPruningState",
     "SaliencyPruningState",
     "Schedule",
+    "SensitivityTable",
     "SparsityRow",
     "SparsitySummary",
     "Unstructured",
+    "accumulate_hessian",
     "allocation",
     "apply_masks",
     "as_schedule",
@@ -111,9 +143,14 @@ __all__ = [
     "erk_sparsities",
     "exact_hessian_diag",
     "fisher_diag",
+    "greedy_channel_selection",
     "hutchinson_diag",
+    "init_hessian",
     "iterative_schedule",
     "kth_smallest",
+    "lasso_channel_selection",
+    "layer_hessian",
+    "least_squares_refit",
     "magnitude_mask",
     "magnitude_pruning",
     "masked_weight",
@@ -121,20 +158,27 @@ __all__ = [
     "nm_mask",
     "num_pruned",
     "obd_pruning",
+    "obs_prune",
+    "obs_remove",
     "one_shot_schedule",
     "path_sparsities",
     "patterns",
     "polynomial_schedule",
     "random_pruning",
+    "reconstruction_error",
     "saliency_pruning",
     "schedules",
     "score_mask",
     "scores",
+    "sensitivity_scan",
     "smallest_k_masks",
+    "sparsegpt_prune",
     "sparsity_summary",
     "sr_ste_masked_weight",
     "ste",
     "ste_masked_weight",
+    "thinet_prune",
+    "thinet_prune_layer",
     "threshold",
     "threshold_mask",
     "topk_mask",

@@ -1,0 +1,312 @@
+"""Model-level one-shot OBS / SparseGPT pruning: :func:`obs_prune`.
+
+Walks a Flax linen model's Dense and Conv layers in forward order, captures
+each selected layer's inputs on calibration data (from the already-pruned
+model, as SparseGPT does), accumulates the layer Hessian chunk by chunk and
+prunes the kernel with :func:`jaxcomp.prune.obs.sparsegpt_prune`. The
+capture helpers here are shared with :mod:`jaxcomp.prune.thinet`.
+
+References:
+  Frantar & Alistarh, SparseGPT: massive language models can be accurately
+  pruned in one-shot, arXiv:2301.00774.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcomp.core.errors import check_in_range, list_paths
+from jaxcomp.prune.obs import (
+    _rel_err,
+    _smallest_k,
+    accumulate_hessian,
+    conv_kernel_2d,
+    conv_kernel_nd,
+    conv_patches,
+    init_hessian,
+    sparsegpt_prune,
+)
+from jaxcomp.prune.patterns import NM, as_pattern
+from jaxcomp.prune.threshold import num_pruned
+from jaxcomp.select import selectors as _sel
+from jaxcomp.select.paths import leaves_with_paths, path_str
+
+__all__ = ["ObsLayerStats", "ObsPruneResult", "obs_prune"]
+
+
+
+class ObsLayerStats(NamedTuple):
+    """What :func:`obs_prune` did to one layer.
+
+    Attributes:
+      path: the kernel's parameter path.
+      sparsity: achieved fraction of zeros in the kernel.
+      error: ``||XW - XŴ||² / ||XW||²`` on the calibration inputs the layer saw.
+      magnitude_error: the same for plain magnitude pruning at that sparsity
+        (and pattern) from the same inputs, for comparison.
+      samples: rows of ``X`` (examples × positions for convolutions).
+      seconds: wall time for capture + solve.
+    """
+
+    path: str
+    sparsity: float
+    error: float
+    magnitude_error: float
+    samples: int
+    seconds: float
+
+
+class ObsPruneResult(NamedTuple):
+    """``variables`` (same structure as given), bool ``masks`` (params tree; all-True at
+    unpruned leaves) and per-layer ``layers`` statistics in processing order."""
+
+    variables: Any
+    masks: Any
+    layers: tuple[ObsLayerStats, ...]
+
+
+class _Stop(Exception):
+    """Raised by the capture interceptor to end a forward pass early."""
+
+
+def _chunks(calib_x: Any, chunk_size: int | None) -> list[jax.Array]:
+    if isinstance(calib_x, (list, tuple)):
+        chunks = [jnp.asarray(c) for c in calib_x]
+    else:
+        x = jnp.asarray(calib_x)
+        if x.ndim == 0 or x.shape[0] == 0:
+            raise ValueError("calib_x is empty: pass a batch (N, ...) of calibration inputs")
+        step = x.shape[0] if chunk_size is None else int(chunk_size)
+        if step < 1:
+            raise ValueError(f"chunk_size={chunk_size!r} must be a positive int")
+        chunks = [x[i:i + step] for i in range(0, x.shape[0], step)]
+    if not chunks or any(c.ndim == 0 or c.shape[0] == 0 for c in chunks):
+        raise ValueError("calib_x is empty: pass a batch (N, ...) of calibration inputs or a "
+                         "list of such chunks")
+    for i, c in enumerate(chunks):
+        if jnp.issubdtype(c.dtype, jnp.floating) and not bool(jnp.all(jnp.isfinite(c))):
+            raise ValueError(f"calib_x chunk {i} contains NaN or Inf; clean the calibration "
+                             "data (e.g. drop those examples) before pruning")
+    return chunks
+
+
+def _run(apply_fn, variables, x, interceptor):
+    try:
+        with nn.intercept_methods(interceptor):
+            apply_fn(variables, x)
+    except _Stop:
+        pass
+
+
+def _layer_order(apply_fn, variables, x) -> tuple[list[str], dict[str, nn.Module], dict]:
+    order, mods, calls = [], {}, {}
+
+    def rec(next_fun, args, kwargs, ctx):
+        if ctx.method_name == "__call__" and ctx.module.scope is not None:
+            p = path_str(ctx.module.scope.path)
+            if p not in calls:
+                order.append(p)
+                mods[p] = ctx.module
+            calls[p] = calls.get(p, 0) + 1
+        return next_fun(*args, **kwargs)
+
+    _run(apply_fn, variables, x, rec)
+    return order, mods, calls
+
+
+def _layer_inputs(x: jax.Array, module: nn.Module, path: str) -> jax.Array:
+    if isinstance(module, nn.Conv):
+        return conv_patches(x, module, path=path)
+    x = jnp.asarray(x, jnp.float32)
+    return x.reshape(-1, x.shape[-1])
+
+
+def _capture_inputs(apply_fn, variables, x, mod_path, module, n_calls) -> list[jax.Array]:
+    """The 2-d inputs of every call of module ``mod_path`` in one forward pass."""
+    inputs: list[jax.Array] = []
+
+    def cap(next_fun, args, kwargs, ctx):
+        out = next_fun(*args, **kwargs)
+        if (ctx.method_name == "__call__" and ctx.module.scope is not None
+                and path_str(ctx.module.scope.path) == mod_path):
+            inputs.append(_layer_inputs(args[0], module, mod_path))
+            if len(inputs) == n_calls:  # the layer's last call: the rest is not needed
+                raise _Stop
+        return out
+
+    _run(apply_fn, variables, x, cap)
+    return inputs
+
+
+def _layer_hessian_from_model(apply_fn, variables, chunks, mod_path, module, n_calls, d):
+    state = init_hessian(d)
+    for c in chunks:
+        for xi in _capture_inputs(apply_fn, variables, c, mod_path, module, n_calls):
+            if not bool(jnp.all(jnp.isfinite(xi))):
+                raise ValueError(f"the inputs of layer '{mod_path}' contain NaN or Inf on the "
+                                 "calibration data (an earlier layer overflowed)")
+            state = accumulate_hessian(state, xi)
+    return state
+
+
+def _sparsity_for(sparsity: Any, path: str) -> Any:
+    if isinstance(sparsity, Mapping):
+        for pat, val in sparsity.items():
+            if re.fullmatch(pat, path):
+                return val
+        raise ValueError(f"sparsity map {list(sparsity)} matches no regex for parameter "
+                         f"'{path}' (full match); add one or exclude it with where=")
+    return sparsity
+
+
+@functools.partial(jax.jit, static_argnames=("nm",))
+def _errors(w, w_new, h, k, *, nm):
+    """Relative errors of ``w_new`` and of magnitude pruning (k smallest, or N:M) of ``w``."""
+    w = w.astype(jnp.float32)
+    keep = NM(*nm).mask(jnp.abs(w)) if nm is not None else ~_smallest_k(jnp.abs(w), k)
+    return _rel_err(w, w_new.astype(jnp.float32), h), _rel_err(w, jnp.where(keep, w, 0.0), h)
+
+
+def obs_prune(
+    apply_fn: Callable[..., Any],
+    variables: Any,
+    calib_x: Any,
+    sparsity: float | Mapping[str, float] | None,
+    *,
+    where: Any = None,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+    pattern: Any = None,
+    chunk_size: int | None = None,
+    sequential: bool = True,
+) -> ObsPruneResult:
+    """One-shot SparseGPT pruning of a Flax linen model, one layer at a time.
+
+    Layers are processed in forward (first-call) order. For each selected
+    kernel: the model runs on every calibration chunk with the layers
+    pruned so far (``sequential=True``, as in SparseGPT), the layer's inputs
+    are captured by intercepting its ``__call__`` (the forward pass stops
+    right after the layer's last call), ``H = 2XᵀX/n`` is accumulated chunk
+    by chunk, the kernel is pruned with :func:`sparsegpt_prune` and written
+    back. Biases are left as they are.
+
+    Memory: besides the model, the peak extra memory is about one layer's
+    worth — ``H``, its inverse and Cholesky factor (3·d² floats for ``d``
+    inputs, or ``cin·prod(k)`` for a convolution) plus one chunk of that
+    layer's inputs (``chunk_size × d``, times output positions for convs).
+    Choose ``chunk_size`` to bound the second term. The price is one partial
+    forward pass over the calibration data per layer.
+
+    Args:
+      apply_fn: ``apply_fn(variables, x)`` → outputs, running Flax linen
+        modules (e.g. ``ModelSpec.apply_fn`` or ``model.apply``).
+      variables: ``{"params": ..., ...}`` or a bare params tree (whatever
+        ``apply_fn`` accepts).
+      calib_x: calibration inputs ``(N, ...)``, or a list of chunks.
+      sparsity: fraction in ``[0, 1)`` for every selected kernel, a
+        ``{regex: sparsity}`` map (full match on the path; e.g. from
+        :meth:`~jaxcomp.prune.sensitivity.SensitivityTable.suggest`), or
+        ``None`` with an N:M pattern.
+      where: kernels to prune (default: leaves named ``kernel`` with
+        ``ndim >= 2``). Each must belong to an ``nn.Dense`` or ``nn.Conv``.
+      blocksize, percdamp, pattern: see :func:`sparsegpt_prune`.
+      chunk_size: rows of ``calib_x`` per forward pass (default: all).
+      sequential: capture inputs from the partially pruned model (True) or
+        from the dense model (False; every layer then sees dense inputs).
+
+    Returns:
+      An :class:`ObsPruneResult`.
+
+    Raises:
+      ValueError: bad sparsity, NaN calibration data, a where that selects
+        nothing, a selected kernel whose module never runs.
+      TypeError: a selected kernel that is not a Dense or Conv kernel.
+
+    Example:
+      >>> import jax
+      >>> from jaxcomp.models import mlp
+      >>> model = mlp((8, 16, 4))
+      >>> v = model.init(jax.random.key(0), jax.numpy.zeros((1, 8)))
+      >>> x = jax.random.normal(jax.random.key(1), (64, 8))
+      >>> res = obs_prune(model.apply, v, x, 0.5)
+      >>> [(s.path, s.sparsity) for s in res.layers]
+      [('fc1/kernel', 0.5), ('fc2/kernel', 0.5)]
+
+    References:
+      Frantar & Alistarh, SparseGPT, arXiv:2301.00774; Hassibi & Stork 1993.
+    """
+    has_params = isinstance(variables, Mapping) and "params" in variables
+    params = variables["params"] if has_params else variables
+    rebuild = (lambda p: {**dict(variables), "params": p}) if has_params else (lambda p: p)
+    default = _sel.path(r"(.*/)?kernel") & _sel.ndim(min=2)
+    flags = jax.tree_util.tree_leaves(_sel.resolve(default if where is None else where, params,
+                                                   allow_empty=True))
+    flat = leaves_with_paths(params)
+    paths = [p for p, _ in flat]
+    selected = [p for p, f in zip(paths, flags) if f]
+    if not selected:
+        raise ValueError("obs_prune: where= selects no parameter. Available paths:\n"
+                         f"{list_paths(paths)}\nSelect kernels, e.g. where=r'.*/kernel'.")
+    for p in selected:
+        s = _sparsity_for(sparsity, p)
+        if s is not None:
+            check_in_range("sparsity", s, 0.0, 1.0, high_inclusive=False, where=p)
+    chunks = _chunks(calib_x, chunk_size)
+    order, mods, calls = _layer_order(apply_fn, variables, chunks[0][:1])
+    todo = []
+    leaves_dict = dict(flat)
+    for p in selected:
+        mp = p.rsplit("/", 1)[0] if "/" in p else ""
+        if mp not in mods:
+            raise ValueError(f"obs_prune: parameter '{p}' belongs to module '{mp}', which did not "
+                             f"run in apply_fn; modules that ran:\n{list_paths(order)}")
+        if not isinstance(mods[mp], (nn.Dense, nn.Conv)):
+            raise TypeError(f"obs_prune: parameter '{p}' belongs to a {type(mods[mp]).__name__};"
+                            " only nn.Dense and nn.Conv kernels are supported (exclude it with "
+                            "where=)")
+        want = 2 if isinstance(mods[mp], nn.Dense) else len(mods[mp].kernel_size) + 2
+        if not p.endswith("kernel") or jnp.ndim(leaves_dict[p]) != want:
+            raise TypeError(f"obs_prune: parameter '{p}' is not the kernel of its "
+                            f"{type(mods[mp]).__name__}; select only kernels (e.g. "
+                            "where=r'.*/kernel')")
+        todo.append((order.index(mp), p, mp))
+    todo.sort()
+    leaves = dict(flat)
+    masks = {p: jnp.ones(jnp.shape(x), bool) for p, x in flat}
+    cur = dict(leaves)
+    treedef = jax.tree_util.tree_structure(params)
+
+    def tree(d):
+        return jax.tree_util.tree_unflatten(treedef, [d[p] for p in paths])
+
+    stats = []
+    for _, p, mp in todo:
+        t0 = time.perf_counter()
+        w = jnp.asarray(cur[p])
+        is_conv = isinstance(mods[mp], nn.Conv)
+        w2 = conv_kernel_2d(w) if is_conv else w
+        src = rebuild(tree(cur)) if sequential else variables
+        st = _layer_hessian_from_model(apply_fn, src, chunks, mp, mods[mp], calls[mp],
+                                       w2.shape[0])
+        s = _sparsity_for(sparsity, p)
+        new2, keep2 = sparsegpt_prune(w2, st.hessian, s, blocksize=blocksize,
+                                      percdamp=percdamp, pattern=pattern, path=p)
+        pat = as_pattern(pattern)
+        k = -1 if isinstance(pat, NM) else num_pruned(s, w2.size)
+        err, mag_err = (float(e) for e in _errors(w2, new2, st.hessian, jnp.int32(k),
+                                                   nm=(pat.n, pat.m, pat.axis) if k < 0 else None))
+        new = conv_kernel_nd(new2, w.shape) if is_conv else new2
+        keep = conv_kernel_nd(keep2, w.shape) if is_conv else keep2
+        cur[p], masks[p] = new, keep
+        stats.append(ObsLayerStats(p, 1.0 - float(np.mean(np.asarray(keep))), err, mag_err,
+                                   int(st.count), time.perf_counter() - t0))
+    return ObsPruneResult(rebuild(tree(cur)), tree(masks), tuple(stats))
