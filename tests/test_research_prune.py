@@ -1,0 +1,64 @@
+"""One-step smoke runs of the pruning studies through ``jaxcomp run``."""
+
+import json
+import pathlib
+
+import pytest
+
+from jaxcomp import cli
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _run(tmp_path, study, *overrides):
+    code = cli.main(["run", str(ROOT / "configs" / f"{study}.py"), "--workdir", str(tmp_path),
+                     "--no-progress", "--config.seeds=[0]", *overrides])
+    assert code == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert (tmp_path / "RESULTS.md").read_text().startswith("# ")
+    assert res["config"]["name"] == study
+    return res
+
+
+def test_lottery_ticket_smoke(tmp_path):
+    res = _run(tmp_path, "lottery_ticket_mnist1d", "--config.train.steps=3",
+               "--config.train.eval_every=3", "--config.prune.rounds=2")
+    t = res["table"]
+    assert [r["round"] for r in t] == [0, 1, 2]
+    # kernels 40x500, 500x500, 500x10: round 1 prunes 20% of the hidden ones, 10% of fc3
+    n = 40 * 500 + 500 * 500 + 500 * 10
+    pruned1 = round(0.2 * 20_000) + round(0.2 * 250_000) + round(0.1 * 5_000)
+    assert t[1]["sparsity"] == pytest.approx(pruned1 / n)
+    assert t[0]["sparsity"] == 0.0 and t[2]["sparsity"] > t[1]["sparsity"]
+    for r in t:
+        assert 0.0 <= r["ticket"]["mean"] <= 1.0 and 0.0 <= r["random"]["mean"] <= 1.0
+    assert (tmp_path / "lottery.png").exists()
+
+
+def test_gradual_pruning_smoke(tmp_path):
+    res = _run(tmp_path, "gradual_pruning", "--config.train.steps=4", "--config.train.eval_every=4",
+               "--config.sparsities=[0.9]", "--config.schedule.begin_step=0",
+               "--config.schedule.end_step=2", "--config.schedule.update_every=1")
+    (row,) = res["table"]
+    # the large model reaches exactly 90% of every kernel pruned (layerwise, exact counts)
+    assert row["kernel_nonzeros_large"] == 266_200 - (
+        round(0.9 * 235_200) + round(0.9 * 30_000) + round(0.9 * 1_000))
+    # the small dense model is the closest width scaling to the same kernel count
+    assert abs(row["kernel_nonzeros_small"] - row["kernel_nonzeros_large"]) < 0.03 * 26_620
+    assert (tmp_path / "large_sparse_vs_small_dense.png").exists()
+
+
+def test_han2015_smoke(tmp_path):
+    res = _run(tmp_path, "han2015_pruning", "--config.run_models=['lenet300']",
+               "--config.models.lenet300.train.steps=5", "--config.models.lenet300.retrain.steps=2",
+               "--config.models.lenet300.ratios=[4.0]")
+    m = res["models"]["lenet300"]
+    assert m["dense"]["params"] == 266_610 and m["dense"]["macs"] == 266_200
+    for method in ("one_shot", "one_shot_retrain", "iterative"):
+        (row,) = m["methods"][method]["per_ratio"]
+        # 4x compression of all params, biases kept: nnz = 266,610 / 4 (± rounding)
+        assert row["compression"]["mean"] == pytest.approx(4.0, rel=1e-3)
+        assert 1.0 <= m["methods"][method]["best_compression"]["mean"] <= 4.0 + 1e-3
+    # one global threshold prunes the wide first layer hardest
+    kept = m["methods"]["one_shot"]["per_ratio"][0]["layers_kept"]
+    assert kept["fc1"] < kept["fc3"]
