@@ -139,6 +139,8 @@ def _register_builtins() -> None:
                     ("movement_pruning", jp.movement_pruning),
                     ("obd_pruning", jp.obd_pruning)):
         COMPRESSORS.register(key, _with_sparsity_schedule(fn, key))
+    for key, fn in (("rigl_pruning", jp.rigl_pruning), ("set_pruning", jp.set_pruning)):
+        COMPRESSORS.register(key, fn)
 
 
 _register_builtins()

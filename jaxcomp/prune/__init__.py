@@ -48,6 +48,12 @@ from jaxcomp.prune.compressors import (
     random_pruning,
     saliency_pruning,
 )
+from jaxcomp.prune.dst import (
+    DSTState,
+    drop_fraction,
+    rigl_pruning,
+    set_pruning,
+)
 from jaxcomp.prune.lottery import (
     LotteryResult,
     fixed_mask,
@@ -79,6 +85,12 @@ from jaxcomp.prune.obs_model import (
     ObsLayerStats,
     ObsPruneResult,
     obs_prune,
+)
+from jaxcomp.prune.optim_reset import (
+    ResetRegrownState,
+    moment_paths,
+    reset_optimizer_state,
+    reset_regrown,
 )
 from jaxcomp.prune.patterns import NM, Block, Channel, Unstructured
 from jaxcomp.prune.schedules import (
@@ -136,6 +148,7 @@ __all__ = [
     "Block",
     "Channel",
     "ChannelPruneResult",
+    "DSTState",
     "HessianState",
     "LotteryResult",
     "MagnitudePruningState",
@@ -145,6 +158,7 @@ __all__ = [
     "ObsLayerStats",
     "ObsPruneResult",
     "RandomPruningState",
+    "ResetRegrownState",
     "SaliencyPruningState",
     "Schedule",
     "SensitivityTable",
@@ -165,6 +179,7 @@ __all__ = [
     "cubic_schedule",
     "default_where",
     "depth_lasso",
+    "drop_fraction",
     "erk_densities",
     "erk_sparsities",
     "exact_hessian_diag",
@@ -186,6 +201,7 @@ __all__ = [
     "magnitude_mask",
     "magnitude_pruning",
     "masked_weight",
+    "moment_paths",
     "movement_pruning",
     "nm_mask",
     "num_pruned",
@@ -199,13 +215,17 @@ __all__ = [
     "random_pruning",
     "random_ticket",
     "reconstruction_error",
+    "reset_optimizer_state",
+    "reset_regrown",
     "rewind",
+    "rigl_pruning",
     "saliency_pruning",
     "scale_to_kernel_masks",
     "schedules",
     "score_mask",
     "scores",
     "sensitivity_scan",
+    "set_pruning",
     "shape_lasso",
     "slimming_masks",
     "slimming_penalty",
