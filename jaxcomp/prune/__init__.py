@@ -124,6 +124,13 @@ from jaxcomp.prune.ssl import (
 )
 from jaxcomp.prune.ste import masked_weight, sr_ste_masked_weight, ste_masked_weight
 from jaxcomp.prune.summary import SparsityRow, SparsitySummary, sparsity_summary
+from jaxcomp.prune.surgery import (
+    ChannelGroup,
+    SurgeryResult,
+    channel_dependencies,
+    remove_channels,
+    zero_channels,
+)
 from jaxcomp.prune.thinet import (
     ChannelPruneResult,
     greedy_channel_selection,
@@ -147,6 +154,7 @@ __all__ = [
     "NM",
     "Block",
     "Channel",
+    "ChannelGroup",
     "ChannelPruneResult",
     "DSTState",
     "HessianState",
@@ -164,6 +172,7 @@ __all__ = [
     "SensitivityTable",
     "SparsityRow",
     "SparsitySummary",
+    "SurgeryResult",
     "Unstructured",
     "accumulate_hessian",
     "allocation",
@@ -171,6 +180,7 @@ __all__ = [
     "as_schedule",
     "block_mask",
     "bottomk_mask",
+    "channel_dependencies",
     "channel_lasso",
     "channel_mask",
     "check_finite",
@@ -215,6 +225,7 @@ __all__ = [
     "random_pruning",
     "random_ticket",
     "reconstruction_error",
+    "remove_channels",
     "reset_optimizer_state",
     "reset_regrown",
     "rewind",
@@ -242,4 +253,5 @@ __all__ = [
     "threshold",
     "threshold_mask",
     "topk_mask",
+    "zero_channels",
 ]
