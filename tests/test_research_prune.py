@@ -62,3 +62,19 @@ def test_han2015_smoke(tmp_path):
     # one global threshold prunes the wide first layer hardest
     kept = m["methods"]["one_shot"]["per_ratio"][0]["layers_kept"]
     assert kept["fc1"] < kept["fc3"]
+
+
+def test_network_slimming_smoke(tmp_path):
+    res = _run(tmp_path, "network_slimming", "--config.train.epochs=1",
+               "--config.finetune.epochs=1", "--config.latency_repeat=1", "--config.ratios=[0.5]",
+               "--config.widths=[4, 6, 8]")
+    s = res["summary"]
+    assert set(s) == {"dense", "l1", "slimmed_0.5"}
+    (w,) = s["slimmed_0.5"]["widths"]
+    assert sum(w) == 18 - round(0.5 * 18) and min(w) >= 2  # global cut, min_channels=2
+    # params of the rebuilt model follow from its widths (3x3 convs without bias, BN, fc)
+    conv = 9 * (1 * w[0] + w[0] * w[1] + w[1] * w[2])
+    assert s["slimmed_0.5"]["params"]["mean"] == conv + 2 * sum(w) + 3 * 3 * w[2] * 10 + 10
+    assert s["slimmed_0.5"]["macs"]["mean"] < s["dense"]["macs"]["mean"]
+    assert s["slimmed_0.5"]["xla_flops_b64"]["mean"] < s["dense"]["xla_flops_b64"]["mean"]
+    assert (tmp_path / "bn_scales.png").exists()

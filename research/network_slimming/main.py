@@ -1,0 +1,214 @@
+"""Network slimming: L1 on BatchNorm scales → global channel selection → surgery → fine-tune.
+
+Per seed: the dense baseline and the L1-regularised model are trained with
+the same optimizer and epochs (``train_supervised``; the penalty through
+``jaxcomp.prune.slimming_regularizer``). For each ratio, ``slimming_masks``
+picks the channels with the smallest ``|γ|`` over all BatchNorm layers
+(at least ``min_channels`` per layer), ``scale_to_kernel_masks`` maps them
+to the producing convolutions, ``remove_channels`` cuts the variables
+(BatchNorm statistics included) and ``SlimCNN(widths=new)`` is rebuilt. The
+small model is evaluated as cut and after fine-tuning. Latency: median of
+jitted calls on this machine at batch 1 and 64, dense and slimmed measured
+in the same run.
+
+Run: ``jaxcomp run configs/network_slimming.py --workdir research/network_slimming``
+"""
+
+from __future__ import annotations
+
+import pathlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcomp import metrics
+from jaxcomp.experiment import load_data, mean_std, train_supervised
+from jaxcomp.models.registry import ModelSpec
+from jaxcomp.prune.slimming import scale_to_kernel_masks, slimming_masks, slimming_regularizer
+from jaxcomp.prune.surgery import remove_channels
+from jaxcomp.train import supervised_loss
+
+
+class SlimCNN(nn.Module):
+    """conv3x3 → BN → ReLU → max-pool 2×2 per width, then a linear classifier."""
+
+    widths: Sequence[int] = (16, 32, 64)
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        for i, w in enumerate(self.widths):
+            x = nn.Conv(w, (3, 3), use_bias=False, name=f"conv{i + 1}")(x)
+            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name=f"bn{i + 1}")(x)
+            x = nn.max_pool(nn.relu(x), (2, 2), (2, 2))
+        return nn.Dense(self.num_classes, name="fc")(x.reshape(x.shape[0], -1))
+
+
+def spec_for(widths, dataset) -> ModelSpec:
+    return ModelSpec(name="slim_cnn", module=SlimCNN(tuple(int(w) for w in widths)),
+                     input_shape=tuple(dataset.input_shape), num_classes=dataset.num_classes,
+                     description="3-stage CNN with BatchNorm", uses_batch_norm=True)
+
+
+def _variables(state) -> dict:
+    return {"params": state.params, **state.model_state}
+
+
+def _accuracy(spec, variables, dataset) -> float:
+    fn = jax.jit(lambda v, x: jnp.argmax(spec.apply_fn(v, x), -1))
+    pred = np.concatenate([np.asarray(fn(variables, dataset.x_test[i:i + 500]))
+                           for i in range(0, len(dataset.x_test), 500)])
+    return float(np.mean(pred == dataset.y_test))
+
+
+def _costs(spec, variables, repeat) -> dict:
+    f = lambda v, x: spec.apply_fn(v, x)
+    out = {"params": metrics.count_params(variables["params"])}
+    for b in (1, 64):
+        x = spec.example_input(b)
+        a = metrics.analyze(f, variables, x)
+        out[f"macs_b{b}"] = a.macs
+        out[f"xla_flops_b{b}"] = a.xla_flops
+        out[f"latency_ms_b{b}"] = metrics.measure_latency(f, variables, x, repeat=repeat).median * 1e3
+    out["macs"] = out.pop("macs_b1")
+    return out
+
+
+def run(config: Any, workdir: str | pathlib.Path, progress: bool = True) -> dict:
+    workdir = pathlib.Path(workdir)
+    dataset = load_data(config.data)
+    bs = int(config.data["batch_size"])
+    widths = [int(w) for w in config.widths]
+    dense_spec = spec_for(widths, dataset)
+    lam = float(config.l1)
+    rep = int(config.latency_repeat)
+    rows, scales = [], {}
+    t_start = time.time()
+    for seed in config.seeds:
+        key = jax.random.key(int(seed))
+        st, _, test = train_supervised(dense_spec, dataset, config.train, key=key, batch_size=bs,
+                                       progress=progress)
+        dense_v = _variables(st)
+        rows.append({"seed": int(seed), "variant": "dense", "ratio": 0.0, "widths": widths,
+                     "accuracy": float(test["accuracy"]), **_costs(dense_spec, dense_v, rep)})
+        loss = slimming_regularizer(supervised_loss(dense_spec.apply_fn), lam)
+        st, _, test = train_supervised(dense_spec, dataset, config.train, key=key, batch_size=bs,
+                                       loss_fn=loss, progress=progress)
+        l1_v = _variables(st)
+        rows.append({"seed": int(seed), "variant": "l1", "ratio": 0.0, "widths": widths,
+                     "accuracy": float(test["accuracy"]), **_costs(dense_spec, l1_v, rep)})
+        if int(seed) == int(config.seeds[0]):
+            scales = {"dense": np.concatenate([np.abs(np.asarray(dense_v["params"][f"bn{i}"]["scale"]))
+                                               for i in range(1, len(widths) + 1)]).tolist(),
+                      "l1": np.concatenate([np.abs(np.asarray(l1_v["params"][f"bn{i}"]["scale"]))
+                                            for i in range(1, len(widths) + 1)]).tolist()}
+        for ratio in config.ratios:
+            smasks = slimming_masks(l1_v["params"], float(ratio),
+                                    min_channels=int(config.min_channels))
+            kmasks = scale_to_kernel_masks(l1_v["params"], smasks)
+            res = remove_channels(lambda v, x: dense_spec.apply_fn(v, x), l1_v, kmasks,
+                                  dense_spec.example_input(1))
+            new_w = [res.widths[f"conv{i}"] for i in range(1, len(widths) + 1)]
+            small = spec_for(new_w, dataset)
+            cut_acc = _accuracy(small, res.variables, dataset)
+            st, _, test = train_supervised(small, dataset, config.finetune, key=key,
+                                           batch_size=bs, params=res.variables["params"],
+                                           progress=progress)
+            rows.append({"seed": int(seed), "variant": "slimmed", "ratio": float(ratio),
+                         "widths": new_w, "accuracy_cut": cut_acc,
+                         "accuracy": float(test["accuracy"]),
+                         **_costs(small, _variables(st), rep)})
+    summary = _summarize(rows, [float(r) for r in config.ratios])
+    results = {"name": config.get("name", "network_slimming"), "dataset": dataset.name,
+               "l1": lam, "runs": rows, "summary": summary, "bn_scales_seed0": scales,
+               "seconds": time.time() - t_start}
+    _plot(scales, workdir / "bn_scales.png")
+    (workdir / "RESULTS.md").write_text(_report(results, len(config.seeds)))
+    return results
+
+
+def _summarize(rows, ratios) -> dict:
+    dense = {r["seed"]: r for r in rows if r["variant"] == "dense"}
+    out = {}
+    for name, sel in [("dense", [r for r in rows if r["variant"] == "dense"]),
+                      ("l1", [r for r in rows if r["variant"] == "l1"])] + [
+            (f"slimmed_{r:g}", [x for x in rows if x["variant"] == "slimmed" and x["ratio"] == r])
+            for r in ratios]:
+        out[name] = {
+            "accuracy": mean_std([r["accuracy"] for r in sel]),
+            "delta_vs_dense": mean_std([r["accuracy"] - dense[r["seed"]]["accuracy"]
+                                        for r in sel]),
+            "params": mean_std([r["params"] for r in sel]),
+            "macs": mean_std([r["macs"] for r in sel]),
+            "xla_flops_b64": mean_std([r["xla_flops_b64"] or 0 for r in sel]),
+            "latency_ms_b1": mean_std([r["latency_ms_b1"] for r in sel]),
+            "latency_ms_b64": mean_std([r["latency_ms_b64"] for r in sel]),
+            "speedup_b1": mean_std([dense[r["seed"]]["latency_ms_b1"] / r["latency_ms_b1"]
+                                    for r in sel]),
+            "speedup_b64": mean_std([dense[r["seed"]]["latency_ms_b64"] / r["latency_ms_b64"]
+                                     for r in sel]),
+            "widths": [r["widths"] for r in sel],
+        }
+        if sel and "accuracy_cut" in sel[0]:
+            out[name]["accuracy_cut"] = mean_std([r["accuracy_cut"] for r in sel])
+    return out
+
+
+def _plot(scales, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bins = np.linspace(0, max(max(scales.get("dense", [1])), max(scales.get("l1", [1]))), 40)
+    for k, label in (("dense", "no penalty"), ("l1", "L1 on γ")):
+        if k in scales:
+            ax.hist(scales[k], bins=bins, alpha=0.6, label=label)
+    ax.set_xlabel("|γ| (BatchNorm scale)")
+    ax.set_ylabel("channels")
+    ax.set_title("Network slimming: BatchNorm scales after training (seed 0)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _report(res, n_seeds) -> str:
+    s = res["summary"]
+    lines = [
+        "# Network slimming with channel surgery (mnist5k, 28×28)",
+        "",
+        (f"SlimCNN 16-32-64 (3×3 conv, BatchNorm, ReLU, max-pool; linear classifier), L1 "
+         f"λ = {res['l1']:g} on the BatchNorm scales, channels cut by one global |γ| threshold "
+         f"and removed by surgery, then fine-tuned; {n_seeds} seeds. MACs per image (1 MAC = "
+         "2 FLOPs); XLA FLOPs at batch 64; latency = median jitted CPU call on this machine."),
+        "",
+        ("| model | widths (seed 0) | accuracy | Δ vs dense (pp) | cut, before fine-tune | "
+        "params | MACs | XLA GFLOP b64 | latency b1 / b64 (ms) | speed-up b1 / b64 |"),
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in s.items():
+        cut = r.get("accuracy_cut")
+        cut_s = "—" if cut is None else f"{cut['mean'] * 100:.2f}%"
+        lines.append(
+            f"| {name} | {r['widths'][0]} | {r['accuracy']['mean'] * 100:.2f} ± "
+            f"{r['accuracy']['std'] * 100:.2f}% | {r['delta_vs_dense']['mean'] * 100:+.2f} | "
+            f"{cut_s} | {r['params']['mean']:,.0f} | {r['macs']['mean']:,.0f} | "
+            f"{r['xla_flops_b64']['mean'] / 1e9:.3f} | {r['latency_ms_b1']['mean']:.2f} / "
+            f"{r['latency_ms_b64']['mean']:.1f} | {r['speedup_b1']['mean']:.2f}× / "
+            f"{r['speedup_b64']['mean']:.2f}× |")
+    lines += [
+        "",
+        ("Published (Liu et al. 2017, VGGNet on CIFAR-10): 70% of channels pruned, 8.7× fewer "
+         "parameters and 2× fewer FLOPs with no accuracy loss after fine-tuning."),
+        "",
+        "![BatchNorm scales](bn_scales.png)",
+        "",
+    ]
+    return "\n".join(lines)
