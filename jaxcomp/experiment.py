@@ -22,6 +22,7 @@ and writes ``results.json``, ``metrics.jsonl`` (per seed under
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import math
@@ -41,6 +42,7 @@ from jaxcomp.config.registry import ConfigError, _suggest
 __all__ = [
     "build_model",
     "compare",
+    "figure",
     "load_data",
     "mean_std",
     "measure_model",
@@ -282,32 +284,48 @@ def write_results(workdir: str | pathlib.Path, results: Mapping[str, Any]) -> pa
     return path
 
 
-def plot_history(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: str | pathlib.Path,
-                 *, metric: str = "accuracy", split: str = "eval", title: str = "") -> pathlib.Path:
-    """Plots ``split/metric`` against step for several runs into a PNG."""
+@contextlib.contextmanager
+def figure(path: str | pathlib.Path, *, xlabel: str = "", ylabel: str = "", title: str = "",
+           xscale: str | None = None, size: tuple[float, float] = (6, 4), legend: bool = True):
+    """Yields one matplotlib ``Axes`` and saves the figure to ``path`` (PNG) on exit.
+
+    Labels, grid, legend (when something is labelled) and a tight layout are
+    applied after the caller has drawn; the figure is closed afterwards.
+    Uses the non-interactive Agg backend.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, hist in histories.items():
-        pts = [(r["step"], r["metrics"][metric]) for r in hist
-               if r.get("split") == split and metric in r.get("metrics", {})]
-        if pts:
-            xs, ys = zip(*pts)
-            ax.plot(xs, ys, marker="o", ms=3, label=label)
-    ax.set_xlabel("step")
-    ax.set_ylabel(f"{split} {metric}")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if histories:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = pathlib.Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    fig, ax = plt.subplots(figsize=size)
+    try:
+        yield ax
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        if xscale:
+            ax.set_xscale(xscale)
+        ax.grid(alpha=0.3)
+        if legend and ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(pathlib.Path(path), dpi=120)
+    finally:
+        plt.close(fig)
+
+
+def plot_history(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: str | pathlib.Path,
+                 *, metric: str = "accuracy", split: str = "eval", title: str = "") -> pathlib.Path:
+    """Plots ``split/metric`` against step for several runs into a PNG."""
+    with figure(path, xlabel="step", ylabel=f"{split} {metric}", title=title) as ax:
+        for label, hist in histories.items():
+            pts = [(r["step"], r["metrics"][metric]) for r in hist
+                   if r.get("split") == split and metric in r.get("metrics", {})]
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, marker="o", ms=3, label=label)
+    return pathlib.Path(path)
 
 
 def _run_entry(config: Any, workdir: pathlib.Path, progress: bool) -> dict[str, Any]:

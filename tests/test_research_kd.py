@@ -1,28 +1,10 @@
 """One-step smoke runs of the distillation studies through ``jaxcomp run``."""
 
-import json
-import pathlib
-
 import pytest
 
-from jaxcomp import cli
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-def _run(tmp_path, study, *overrides):
-    code = cli.main(["run", str(ROOT / "configs" / f"{study}.py"), "--workdir", str(tmp_path),
-                     "--no-progress", "--config.seeds=[0]", *overrides])
-    assert code == 0
-    res = json.loads((tmp_path / "results.json").read_text())
-    assert (tmp_path / "RESULTS.md").read_text().startswith("# ")
-    assert res["config"]["name"] == study
-    return res
-
-
-
-def test_hinton_kd_smoke(tmp_path):
-    res = _run(tmp_path, "hinton_kd", "--config.teacher.train.epochs=1", "--config.student_train.epochs=1",
+def test_hinton_kd_smoke(tmp_path, run_study):
+    res = run_study(tmp_path, "hinton_kd", "--config.teacher.train.epochs=1", "--config.student_train.epochs=1",
                "--config.temperatures=[20.0]", "--config.teacher.train.eval_every=1000",
                "--config.student_train.eval_every=1000")
     assert (tmp_path / "gap_closure.png").stat().st_size > 1000
@@ -41,8 +23,8 @@ def test_hinton_kd_smoke(tmp_path):
     assert res["students"]["narrow"]["params"] == 784 * 30 + 30 + 30 * 30 + 30 + 30 * 10 + 10
 
 
-def test_mnist1d_baselines_smoke(tmp_path):
-    res = _run(tmp_path, "mnist1d_baselines", "--config.train.steps=3",
+def test_mnist1d_baselines_smoke(tmp_path, run_study):
+    res = run_study(tmp_path, "mnist1d_baselines", "--config.train.steps=3",
                "--config.train.eval_every=3")
     assert set(res["summary"]) == {"logistic", "mlp", "cnn", "gru"}
     assert res["summary"]["logistic"]["params"] == 410
@@ -53,8 +35,8 @@ def test_mnist1d_baselines_smoke(tmp_path):
     assert (tmp_path / "accuracy.png").exists()
 
 
-def test_fitnets_multiteacher_smoke(tmp_path):
-    res = _run(tmp_path, "fitnets_multiteacher", "--config.teacher.train.epochs=1",
+def test_fitnets_multiteacher_smoke(tmp_path, run_study):
+    res = run_study(tmp_path, "fitnets_multiteacher", "--config.teacher.train.epochs=1",
                "--config.student_train.epochs=1", "--config.teacher.train.eval_every=1000",
                "--config.student_train.eval_every=1000")
     names = [r["variant"] for r in res["runs"]]

@@ -1,27 +1,10 @@
 """One-step smoke runs of the pruning studies through ``jaxcomp run``."""
 
-import json
-import pathlib
-
 import pytest
 
-from jaxcomp import cli
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-def _run(tmp_path, study, *overrides):
-    code = cli.main(["run", str(ROOT / "configs" / f"{study}.py"), "--workdir", str(tmp_path),
-                     "--no-progress", "--config.seeds=[0]", *overrides])
-    assert code == 0
-    res = json.loads((tmp_path / "results.json").read_text())
-    assert (tmp_path / "RESULTS.md").read_text().startswith("# ")
-    assert res["config"]["name"] == study
-    return res
-
-
-def test_lottery_ticket_smoke(tmp_path):
-    res = _run(tmp_path, "lottery_ticket_mnist1d", "--config.train.steps=3",
+def test_lottery_ticket_smoke(tmp_path, run_study):
+    res = run_study(tmp_path, "lottery_ticket_mnist1d", "--config.train.steps=3",
                "--config.train.eval_every=3", "--config.prune.rounds=2")
     t = res["table"]
     assert [r["round"] for r in t] == [0, 1, 2]
@@ -35,8 +18,8 @@ def test_lottery_ticket_smoke(tmp_path):
     assert (tmp_path / "lottery.png").exists()
 
 
-def test_gradual_pruning_smoke(tmp_path):
-    res = _run(tmp_path, "gradual_pruning", "--config.train.steps=4", "--config.train.eval_every=4",
+def test_gradual_pruning_smoke(tmp_path, run_study):
+    res = run_study(tmp_path, "gradual_pruning", "--config.train.steps=4", "--config.train.eval_every=4",
                "--config.sparsities=[0.9]", "--config.schedule.begin_step=0",
                "--config.schedule.end_step=2", "--config.schedule.update_every=1")
     (row,) = res["table"]
@@ -48,8 +31,8 @@ def test_gradual_pruning_smoke(tmp_path):
     assert (tmp_path / "large_sparse_vs_small_dense.png").exists()
 
 
-def test_han2015_smoke(tmp_path):
-    res = _run(tmp_path, "han2015_pruning", "--config.run_models=['lenet300']",
+def test_han2015_smoke(tmp_path, run_study):
+    res = run_study(tmp_path, "han2015_pruning", "--config.run_models=['lenet300']",
                "--config.models.lenet300.train.steps=5", "--config.models.lenet300.retrain.steps=2",
                "--config.models.lenet300.ratios=[4.0]")
     m = res["models"]["lenet300"]
@@ -64,8 +47,8 @@ def test_han2015_smoke(tmp_path):
     assert kept["fc1"] < kept["fc3"]
 
 
-def test_network_slimming_smoke(tmp_path):
-    res = _run(tmp_path, "network_slimming", "--config.train.epochs=1",
+def test_network_slimming_smoke(tmp_path, run_study):
+    res = run_study(tmp_path, "network_slimming", "--config.train.epochs=1",
                "--config.finetune.epochs=1", "--config.latency_repeat=1", "--config.ratios=[0.5]",
                "--config.widths=[4, 6, 8]")
     s = res["summary"]

@@ -23,6 +23,7 @@ from jaxcomp.config import build_compressor
 from jaxcomp.experiment import (
     _plain,
     build_model,
+    figure,
     load_data,
     mean_std,
     measure_model,
@@ -115,27 +116,14 @@ def run(config: Any, workdir: str | pathlib.Path, progress: bool = True) -> dict
 
 
 def _plot(res, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
     t = res["table"]
-    for key, nkey, label in (("large_sparse", "kernel_nonzeros_large", "large-sparse (cubic)"),
-                             ("small_dense", "kernel_nonzeros_small", "small-dense")):
-        ax.errorbar([r[nkey] for r in t], [r[key]["mean"] for r in t],
-                    yerr=[r[key]["std"] for r in t], marker="o", ms=3, capsize=2, label=label)
-    ax.axhline(res["dense"]["mean"], color="gray", ls="--", lw=1, label="dense LeNet-300-100")
-    ax.set_xscale("log")
-    ax.set_xlabel("non-zero kernel weights")
-    ax.set_ylabel("test accuracy")
-    ax.set_title("Zhu & Gupta: large-sparse vs small-dense (mnist5k)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, xlabel="non-zero kernel weights", ylabel="test accuracy", xscale="log",
+                title="Zhu & Gupta: large-sparse vs small-dense (mnist5k)") as ax:
+        for key, nkey, label in (("large_sparse", "kernel_nonzeros_large", "large-sparse (cubic)"),
+                                 ("small_dense", "kernel_nonzeros_small", "small-dense")):
+            ax.errorbar([r[nkey] for r in t], [r[key]["mean"] for r in t],
+                        yerr=[r[key]["std"] for r in t], marker="o", ms=3, capsize=2, label=label)
+        ax.axhline(res["dense"]["mean"], color="gray", ls="--", lw=1, label="dense LeNet-300-100")
 
 
 def _report(res: dict, n_seeds: int) -> str:

@@ -27,6 +27,7 @@ from jaxcomp.distill import distillation_loss, precompute_logits
 from jaxcomp.experiment import (
     _plain,
     build_model,
+    figure,
     load_data,
     mean_std,
     plot_history,
@@ -167,28 +168,15 @@ def _summarize(runs, student_names, temps, seeds) -> dict:
 
 
 def _plot_closure(summary, temps, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, row in summary.items():
-        if not isinstance(row, dict) or "kd" not in row:
-            continue
-        ys = [row["kd"][f"{t:g}"]["gap_closure_of_means"] for t in temps]
-        ax.plot(temps, ys, marker="o", label=f"{name} student")
-    ax.axhline(0.91, color="gray", ls="--", lw=1, label="published (800-unit, T=20)")
-    ax.axhline(0.0, color="black", lw=0.5)
-    ax.set_xscale("log")
-    ax.set_xlabel("temperature T")
-    ax.set_ylabel("gap closed (from seed-mean errors)")
-    ax.set_title("Hinton KD, mnist5k")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, xlabel="temperature T", ylabel="gap closed (from seed-mean errors)",
+                title="Hinton KD, mnist5k", xscale="log") as ax:
+        for name, row in summary.items():
+            if not isinstance(row, dict) or "kd" not in row:
+                continue
+            ys = [row["kd"][f"{t:g}"]["gap_closure_of_means"] for t in temps]
+            ax.plot(temps, ys, marker="o", label=f"{name} student")
+        ax.axhline(0.91, color="gray", ls="--", lw=1, label="published (800-unit, T=20)")
+        ax.axhline(0.0, color="black", lw=0.5)
 
 
 def _fmt(ms: dict | None, digits: int = 1) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 import jax
 
-from jaxcomp.experiment import _plain, build_model, load_data, mean_std, train_supervised
+from jaxcomp.experiment import _plain, build_model, figure, load_data, mean_std, train_supervised
 from jaxcomp.prune.lottery import fixed_mask, lottery_ticket, random_ticket, rewind
 
 PUBLISHED = {"dense": [0.64, 0.66], "ticket": [0.72, 0.75], "random": [0.58, 0.62],
@@ -103,28 +103,14 @@ def run(config: Any, workdir: str | pathlib.Path, progress: bool = True) -> dict
 
 
 def _plot(table, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
     xs = [100 * (1 - t["sparsity"]) for t in table]
-    for key, label in (("ticket", "winning ticket (IMP, rewind)"), ("random", "random mask")):
-        m = [t[key]["mean"] for t in table]
-        s = [t[key]["std"] for t in table]
-        ax.errorbar(xs, m, yerr=s, marker="o", ms=3, capsize=2, label=label)
-    ax.axhline(table[0]["ticket"]["mean"], color="gray", ls="--", lw=1, label="dense")
-    ax.set_xscale("log")
-    ax.invert_xaxis()
-    ax.set_xlabel("weights remaining (%)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title("Lottery tickets, MNIST-1D 40-500-500-10")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, xlabel="weights remaining (%)", ylabel="test accuracy", xscale="log",
+                title="Lottery tickets, MNIST-1D 40-500-500-10") as ax:
+        for key, label in (("ticket", "winning ticket (IMP, rewind)"), ("random", "random mask")):
+            ax.errorbar(xs, [t[key]["mean"] for t in table], yerr=[t[key]["std"] for t in table],
+                        marker="o", ms=3, capsize=2, label=label)
+        ax.axhline(table[0]["ticket"]["mean"], color="gray", ls="--", lw=1, label="dense")
+        ax.invert_xaxis()
 
 
 def _pct(ms):

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcomp import metrics
-from jaxcomp.experiment import load_data, mean_std, train_supervised
+from jaxcomp.experiment import figure, load_data, mean_std, train_supervised
 from jaxcomp.models.registry import ModelSpec
 from jaxcomp.prune.slimming import scale_to_kernel_masks, slimming_masks, slimming_regularizer
 from jaxcomp.prune.surgery import remove_channels
@@ -160,23 +160,12 @@ def _summarize(rows, ratios) -> dict:
 
 
 def _plot(scales, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
     bins = np.linspace(0, max(max(scales.get("dense", [1])), max(scales.get("l1", [1]))), 40)
-    for k, label in (("dense", "no penalty"), ("l1", "L1 on γ")):
-        if k in scales:
-            ax.hist(scales[k], bins=bins, alpha=0.6, label=label)
-    ax.set_xlabel("|γ| (BatchNorm scale)")
-    ax.set_ylabel("channels")
-    ax.set_title("Network slimming: BatchNorm scales after training (seed 0)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, xlabel="|γ| (BatchNorm scale)", ylabel="channels",
+                title="Network slimming: BatchNorm scales after training (seed 0)") as ax:
+        for k, label in (("dense", "no penalty"), ("l1", "L1 on γ")):
+            if k in scales:
+                ax.hist(scales[k], bins=bins, alpha=0.6, label=label)
 
 
 def _report(res, n_seeds) -> str:
