@@ -59,5 +59,5 @@ def test_network_slimming_smoke(tmp_path, run_study):
     conv = 9 * (1 * w[0] + w[0] * w[1] + w[1] * w[2])
     assert s["slimmed_0.5"]["params"]["mean"] == conv + 2 * sum(w) + 3 * 3 * w[2] * 10 + 10
     assert s["slimmed_0.5"]["macs"]["mean"] < s["dense"]["macs"]["mean"]
-    assert s["slimmed_0.5"]["xla_flops_b64"]["mean"] < s["dense"]["xla_flops_b64"]["mean"]
+    assert s["slimmed_0.5"]["xla_flops_b256"]["mean"] < s["dense"]["xla_flops_b256"]["mean"]
     assert (tmp_path / "bn_scales.png").exists()

@@ -12,6 +12,16 @@ Four independent axes make every pruning method of the literature:
 * **schedules** (:mod:`jaxcomp.prune.schedules`): constant, one-shot,
   iterative, polynomial (Zhu & Gupta), or any optax schedule.
 
+Beyond the four axes: dynamic sparse training (:mod:`~jaxcomp.prune.dst`:
+SET, RigL; :mod:`~jaxcomp.prune.optim_reset` resets optimizer moments of
+regrown weights for any optax optimizer), lottery tickets
+(:mod:`~jaxcomp.prune.lottery`), network slimming and structured sparsity
+learning (:mod:`~jaxcomp.prune.slimming`, :mod:`~jaxcomp.prune.ssl`),
+one-shot layer-wise pruning with calibration data (:mod:`~jaxcomp.prune.obs`
+SparseGPT/OBS, :mod:`~jaxcomp.prune.thinet`), sensitivity scans
+(:mod:`~jaxcomp.prune.sensitivity`) and channel surgery that makes a
+physically smaller model (:mod:`~jaxcomp.prune.surgery`).
+
 Thresholds are exact and sort-free (:mod:`jaxcomp.prune.threshold`): a
 bisection on the float bit patterns with scalar counts only, so masks run
 under ``jit`` on sharded parameters without all-gathers and keep each

@@ -8,7 +8,7 @@ picks the channels with the smallest ``|γ|`` over all BatchNorm layers
 to the producing convolutions, ``remove_channels`` cuts the variables
 (BatchNorm statistics included) and ``SlimCNN(widths=new)`` is rebuilt. The
 small model is evaluated as cut and after fine-tuning. Latency: median of
-jitted calls on this machine at batch 1 and 64, dense and slimmed measured
+jitted calls on this machine at batch 1 and 256, dense and slimmed measured
 in the same run.
 
 Run: ``jaxcomp run configs/network_slimming.py --workdir research/network_slimming``
@@ -69,7 +69,7 @@ def _accuracy(spec, variables, dataset) -> float:
 def _costs(spec, variables, repeat) -> dict:
     f = lambda v, x: spec.apply_fn(v, x)
     out = {"params": metrics.count_params(variables["params"])}
-    for b in (1, 64):
+    for b in (1, 256):
         x = spec.example_input(b)
         a = metrics.analyze(f, variables, x)
         out[f"macs_b{b}"] = a.macs
@@ -145,12 +145,12 @@ def _summarize(rows, ratios) -> dict:
                                         for r in sel]),
             "params": mean_std([r["params"] for r in sel]),
             "macs": mean_std([r["macs"] for r in sel]),
-            "xla_flops_b64": mean_std([r["xla_flops_b64"] or 0 for r in sel]),
+            "xla_flops_b256": mean_std([r["xla_flops_b256"] or 0 for r in sel]),
             "latency_ms_b1": mean_std([r["latency_ms_b1"] for r in sel]),
-            "latency_ms_b64": mean_std([r["latency_ms_b64"] for r in sel]),
+            "latency_ms_b256": mean_std([r["latency_ms_b256"] for r in sel]),
             "speedup_b1": mean_std([dense[r["seed"]]["latency_ms_b1"] / r["latency_ms_b1"]
                                     for r in sel]),
-            "speedup_b64": mean_std([dense[r["seed"]]["latency_ms_b64"] / r["latency_ms_b64"]
+            "speedup_b256": mean_std([dense[r["seed"]]["latency_ms_b256"] / r["latency_ms_b256"]
                                      for r in sel]),
             "widths": [r["widths"] for r in sel],
         }
@@ -176,10 +176,10 @@ def _report(res, n_seeds) -> str:
         (f"SlimCNN 16-32-64 (3×3 conv, BatchNorm, ReLU, max-pool; linear classifier), L1 "
          f"λ = {res['l1']:g} on the BatchNorm scales, channels cut by one global |γ| threshold "
          f"and removed by surgery, then fine-tuned; {n_seeds} seeds. MACs per image (1 MAC = "
-         "2 FLOPs); XLA FLOPs at batch 64; latency = median jitted CPU call on this machine."),
+         "2 FLOPs); XLA FLOPs at batch 256; latency = median jitted CPU call on this machine."),
         "",
         ("| model | widths (seed 0) | accuracy | Δ vs dense (pp) | cut, before fine-tune | "
-        "params | MACs | XLA GFLOP b64 | latency b1 / b64 (ms) | speed-up b1 / b64 |"),
+        "params | MACs | XLA GFLOP b256 | latency b1 / b256 (ms) | speed-up b1 / b256 |"),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in s.items():
@@ -189,9 +189,25 @@ def _report(res, n_seeds) -> str:
             f"| {name} | {r['widths'][0]} | {r['accuracy']['mean'] * 100:.2f} ± "
             f"{r['accuracy']['std'] * 100:.2f}% | {r['delta_vs_dense']['mean'] * 100:+.2f} | "
             f"{cut_s} | {r['params']['mean']:,.0f} | {r['macs']['mean']:,.0f} | "
-            f"{r['xla_flops_b64']['mean'] / 1e9:.3f} | {r['latency_ms_b1']['mean']:.2f} / "
-            f"{r['latency_ms_b64']['mean']:.1f} | {r['speedup_b1']['mean']:.2f}× / "
-            f"{r['speedup_b64']['mean']:.2f}× |")
+            f"{r['xla_flops_b256']['mean'] / 1e9:.3f} | {r['latency_ms_b1']['mean']:.2f} / "
+            f"{r['latency_ms_b256']['mean']:.1f} | {r['speedup_b1']['mean']:.2f}× / "
+            f"{r['speedup_b256']['mean']:.2f}× |")
+    dense = s["dense"]
+    for name, r in s.items():
+        if not name.startswith("slimmed"):
+            continue
+        lines += ["", (
+            f"{name}: {dense['params']['mean'] / r['params']['mean']:.1f}× fewer parameters, "
+            f"{dense['macs']['mean'] / r['macs']['mean']:.1f}× fewer MACs, XLA FLOPs "
+            f"{r['xla_flops_b256']['mean'] / max(dense['xla_flops_b256']['mean'], 1):.2f}× of dense, "
+            f"accuracy {r['delta_vs_dense']['mean'] * 100:+.2f} pp; CPU latency "
+            f"{r['speedup_b1']['mean']:.2f}× / {r['speedup_b256']['mean']:.2f}× faster at batch 1 / 256.")]
+    lines += ["", (
+        "Reading: for a network this small the measured CPU latency does not follow the FLOPs: "
+        "the step is dominated by per-op costs that do not scale with channels (pooling, "
+        "normalisation, convolutions with few channels run far below peak on XLA's CPU "
+        "backend). On vgg_small, where compute dominates, the same surgery cuts latency "
+        "3.4–4.4× (benchmarks/prune_surgery.py).")]
     lines += [
         "",
         ("Published (Liu et al. 2017, VGGNet on CIFAR-10): 70% of channels pruned, 8.7× fewer "
