@@ -207,33 +207,29 @@ def build_pruning(
             acc = accumulate(leaves, g, sel.masks_of(state.scores))
             fields["scores"] = sel.masks_tree(acc)
 
-        def recompute():
+        def recompute(ws):
             scores = scorer(sel, g, extra, state, acc)
             s = schedule(step)
             keeps, frac = compute_keep(config, scores, sel.sel_paths, s, step=step, path_map=pm)
-            return list(keeps), jnp.asarray(s, jnp.float32), jnp.asarray(frac, jnp.float32)
+            if mode == "mask":  # new masks: zero the newly pruned stored weights
+                ws = [masked_weight(w, k) for w, k in zip(ws, keeps)]
+            return (list(keeps), jnp.asarray(s, jnp.float32), jnp.asarray(frac, jnp.float32),
+                    list(ws))
 
-        def keep():
-            return list(ms), state.sparsity, state.pruned_fraction
+        def keep(ws):
+            # Between mask updates the stored weights are left alone: the forward view is
+            # masked anyway, and jaxcomp.keep_compressed keeps them exactly zero; this saves
+            # a pass over every pruned weight on each step.
+            return list(ms), state.sparsity, state.pruned_fraction, list(ws)
 
         do = schedule.is_update_step(step)
-        # Only the masks go through the cond: weights passed through a cond are materialised
-        # (and may be copied) on every step, outside it XLA fuses the select below with the
-        # optimizer's update.
+        # Only mask mode routes the weights through the cond (projected on update steps only);
+        # project mode projects after the cond on every step in one fused pass.
+        operand = list(leaves) if mode == "mask" else []
         if _is_tracer(do):
-            keeps, s, frac = lax.cond(do, recompute, keep)
+            keeps, s, frac, new_leaves = lax.cond(do, recompute, keep, operand)
         else:  # eager call: no need to compile both branches
-            keeps, s, frac = recompute() if bool(do) else keep()
-        if mode == "mask":
-            # New masks zero the newly pruned stored weights on update steps; between updates
-            # the stored weights are left alone (the view is masked, keep_compressed keeps them
-            # exactly zero).
-            if _is_tracer(do):
-                new_leaves = [jnp.where(do & ~k, jnp.zeros((), w.dtype), w)
-                              for w, k in zip(leaves, keeps)]
-            else:
-                new_leaves = [masked_weight(w, k) for w, k in zip(leaves, keeps)] if bool(do) \
-                    else list(leaves)
+            keeps, s, frac, new_leaves = recompute(operand) if bool(do) else keep(operand)
         do_i = jnp.asarray(do, jnp.int32)
         fields.update(masks=sel.masks_tree(keeps), sparsity=s, pruned_fraction=frac,
                       count=state.count + do_i,
