@@ -52,7 +52,8 @@ def _reset_map(params: Any, reset: Any) -> dict[str, tuple[tuple[int, ...], Any]
 def _match(opt_path: str, shape: tuple[int, ...], targets: dict) -> str | None:
     best = None
     for p, (pshape, _) in targets.items():
-        if (pshape == shape and (opt_path == p or opt_path.endswith("/" + p))
+        suffix = p == "" or opt_path == p or opt_path.endswith("/" + p)  # "": a bare array
+        if (pshape == shape and suffix
                 and (best is None or len(p) > len(best))):
             best = p
     return best
@@ -150,6 +151,12 @@ def reset_regrown(tx: optax.GradientTransformation) -> optax.GradientTransformat
 
         tx = optax.chain(reset_regrown(optax.adam(1e-3)), jaxcomp.keep_compressed(comp))
 
+    The reset is a select on every step (XLA fuses it into the optimizer's
+    own elementwise pass); it bites only on the first step after each
+    update. The ``regrown`` masks must have the params' structure (a DST
+    compressor used directly or as a stage of :func:`jaxcomp.chain`); one
+    DST compressor per wrapper.
+
     Example:
       >>> import jax, jax.numpy as jnp, optax
       >>> from jaxcomp.prune.dst import rigl_pruning
@@ -170,20 +177,22 @@ def reset_regrown(tx: optax.GradientTransformation) -> optax.GradientTransformat
 
     def update(updates, state, params=None, *, compressor_state=None, **extra):
         inner, seen = state.inner, state.seen
-        if compressor_state is not None:
+        dsts = [] if compressor_state is None else _find_dst_states(compressor_state)
+        if dsts:
             if params is None:
                 raise ValueError("reset_regrown needs params= in tx.update (paths and shapes "
-                                 "identify the moments)")
-            dsts = _find_dst_states(compressor_state)
+                                 "identify the moments): tx.update(grads, opt_state, params, "
+                                 "compressor_state=cstate)")
             if len(dsts) > 1:
                 raise ValueError("reset_regrown: compressor_state holds several DST states; "
-                                 "wrap the optimizer once per DST compressor is not supported")
-            if dsts:
-                dst = dsts[0]
-                fresh = dst.count > seen
-                reset = jax.tree.map(lambda m: m & fresh, dst.regrown)
-                inner = reset_optimizer_state(inner, params, reset)
-                seen = jnp.maximum(seen, dst.count)
+                                 "one reset_regrown handles one DST compressor")
+            # A select on every step, not a lax.cond: XLA fuses it into the optimizer's
+            # elementwise update (a cond would materialise the whole optimizer state).
+            dst = dsts[0]
+            fresh = dst.count > seen
+            reset = jax.tree.map(lambda m: m & fresh, dst.regrown)
+            inner = reset_optimizer_state(inner, params, reset)
+            seen = jnp.maximum(seen, dst.count)
         upd, inner = tx.update(updates, inner, params, **extra) if not isinstance(
             tx, optax.GradientTransformationExtraArgs) else tx.update(
             updates, inner, params, compressor_state=compressor_state, **extra)
