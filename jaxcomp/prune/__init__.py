@@ -102,6 +102,7 @@ from jaxcomp.prune.optim_reset import (
     reset_optimizer_state,
     reset_regrown,
 )
+from jaxcomp.prune.optimizer import PruningOptimizerState, pruning_optimizer
 from jaxcomp.prune.patterns import NM, Block, Channel, Unstructured
 from jaxcomp.prune.schedules import (
     Schedule,
@@ -175,6 +176,7 @@ __all__ = [
     "ObdPruningState",
     "ObsLayerStats",
     "ObsPruneResult",
+    "PruningOptimizerState",
     "RandomPruningState",
     "ResetRegrownState",
     "SaliencyPruningState",
@@ -232,6 +234,7 @@ __all__ = [
     "path_sparsities",
     "patterns",
     "polynomial_schedule",
+    "pruning_optimizer",
     "random_pruning",
     "random_ticket",
     "reconstruction_error",

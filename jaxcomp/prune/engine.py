@@ -27,6 +27,8 @@ densities to :func:`jaxcomp.metrics.analyze`.
 
 from __future__ import annotations
 
+import copy
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -46,7 +48,7 @@ from jaxcomp.prune.threshold import _is_tracer, check_finite
 from jaxcomp.select.paths import is_leaf, leaves_with_paths, path_str
 from jaxcomp.select.selectors import resolve
 
-__all__ = ["Selection", "build_pruning", "masks_info"]
+__all__ = ["Selection", "build_pruning", "mask_refresh", "masks_info"]
 
 # scorer(selection, selected_grads | None, extra, state, accumulated | None)
 #   -> list of score arrays, one per selected leaf
@@ -112,6 +114,14 @@ class Selection:
                 "same where=."
             )
         return ms
+
+    def with_selected(self, selected_new: Sequence[Any]) -> Selection:
+        """A copy of this selection whose selected leaves are ``selected_new``."""
+        out = copy.copy(self)
+        out.leaves = list(self.leaves)
+        for i, x in zip(self.idx, selected_new):
+            out.leaves[i] = x
+        return out
 
     def sub_tree(self, tree_leaves: Sequence[Any] | None = None) -> Any:
         """The params tree with unselected leaves replaced by MaskedNode."""
@@ -193,7 +203,7 @@ def build_pruning(
         ms = sel.masks_of(state.masks)
         return sel.rebuild([mask_view(w, m, mode, decay) for w, m in zip(sel.sel_leaves, ms)])
 
-    def update(params, state, *, step, grads=None, **extra):
+    def run_update(params, state, step, grads, extra, weights: bool):
         sel, pm = select(params)
         ms = sel.masks_of(state.masks)
         leaves = sel.sel_leaves
@@ -207,25 +217,32 @@ def build_pruning(
             acc = accumulate(leaves, g, sel.masks_of(state.scores))
             fields["scores"] = sel.masks_tree(acc)
 
+        if weights and mode == "project":
+            # The optimizer moved the pruned weights: zero them with the current masks. XLA
+            # fuses this select into the optimizer's update of the same weights (the masks are
+            # inputs of the step), so it costs no pass of its own.
+            leaves = [masked_weight(w, m) for w, m in zip(leaves, ms)]
+        # mask and project modes route the weights through the cond: the untaken branch
+        # passes them through without a copy, and the update branch scores the weights as
+        # they are stored and zeros the newly pruned ones (one pass, on update steps only).
+        carried = weights and mode in ("mask", "project")
+
         def recompute(ws):
-            scores = scorer(sel, g, extra, state, acc)
+            scores = scorer(sel.with_selected(ws) if carried else sel, g, extra, state, acc)
             s = schedule(step)
             keeps, frac = compute_keep(config, scores, sel.sel_paths, s, step=step, path_map=pm)
-            if mode == "mask":  # new masks: zero the newly pruned stored weights
+            if carried:
                 ws = [masked_weight(w, k) for w, k in zip(ws, keeps)]
             return (list(keeps), jnp.asarray(s, jnp.float32), jnp.asarray(frac, jnp.float32),
                     list(ws))
 
         def keep(ws):
-            # Between mask updates the stored weights are left alone: the forward view is
-            # masked anyway, and jaxcomp.keep_compressed keeps them exactly zero; this saves
-            # a pass over every pruned weight on each step.
+            # Between mask updates the stored weights are left alone in mask mode: the forward
+            # view is masked anyway, and jaxcomp.keep_compressed keeps them exactly zero.
             return list(ms), state.sparsity, state.pruned_fraction, list(ws)
 
         do = schedule.is_update_step(step)
-        # Only mask mode routes the weights through the cond (projected on update steps only);
-        # project mode projects after the cond on every step in one fused pass.
-        operand = list(leaves) if mode == "mask" else []
+        operand = list(leaves) if carried else []
         if _is_tracer(do):
             keeps, s, frac, new_leaves = lax.cond(do, recompute, keep, operand)
         else:  # eager call: no need to compile both branches
@@ -235,11 +252,16 @@ def build_pruning(
                       count=state.count + do_i,
                       last_update=jnp.where(do, step, state.last_update))
         new_state = state._replace(**fields)
-        if mode == "mask":
+        if carried:
             params = sel.rebuild(new_leaves)
-        elif mode == "project":  # every step: the optimizer moved the pruned weights
-            params = sel.rebuild([masked_weight(w, k) for w, k in zip(leaves, keeps)])
         return params, new_state
+
+    def update(params, state, *, step, grads=None, **extra):
+        return run_update(params, state, step, grads, extra, weights=True)
+
+    def refresh(params, state, *, step, grads=None, **extra):
+        # New scores and masks only: the stored weights are left to the caller.
+        return run_update(params, state, step, grads, extra, weights=False)[1]
 
     project = None
     if mode in ("mask", "project"):
@@ -249,7 +271,27 @@ def build_pruning(
             ms = sel.masks_of(state.masks)
             return sel.rebuild([masked_weight(w, m) for w, m in zip(sel.sel_leaves, ms)])
 
-    return Compressor(init, apply, update, project)
+    comp = Compressor(init, apply, update, project)
+    _REFRESH[update] = (refresh, mode, name)
+    return comp
+
+
+# update function of a pruning compressor -> (refresh, mode, name); read by
+# jaxcomp.prune.pruning_optimizer, which needs the masks-only update.
+_REFRESH: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def mask_refresh(compressor: Compressor) -> tuple[Callable, str, str] | None:
+    """``(refresh, mode, name)`` of a compressor built here, else ``None``.
+
+    ``refresh(params, state, *, step, grads=None, **extra) -> state`` does
+    what ``update`` does to the state (scores, masks on update steps) and
+    leaves the weights alone.
+    """
+    try:
+        return _REFRESH.get(compressor.update)
+    except TypeError:  # not weak-referenceable: not one of ours
+        return None
 
 
 def nm_sparsity_check(pattern: Any, sparsity: Any, name: str) -> None:
