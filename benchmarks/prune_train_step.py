@@ -13,17 +13,27 @@ of a ~2 ms step).
 
 All steps are plain ``optax`` + ``jax.jit`` (Adam with decoupled weight
 decay, batch ``--batch``): the dense step is ``loss -> grad -> tx.update ->
-apply_updates``. Two pruned steps: ``mode="mask"`` adds the masked view
-(``comp.apply``), ``jaxcomp.keep_compressed(comp)`` last in the optax chain
-and ``comp.update(..., step=t)`` every step (masks change under ``lax.cond``
-only on update steps, without recompiling); ``mode="project"`` (the
-jaxpruner way) has no masking pass in the view and no ``keep_compressed``:
-``comp.update`` re-zeroes the pruned weights after every step. Both train
-the kept weights the same way. Dense and pruned runs alternate in rounds so
-machine noise hits them alike.
+apply_updates``. Three pruned steps, all training the kept weights the
+same way and changing masks under ``lax.cond`` only on update steps, without
+recompiling:
+
+* ``mode="mask"``: the masked view (``comp.apply``),
+  ``jaxcomp.keep_compressed(comp)`` last in the optax chain and
+  ``comp.update(..., step=t)`` after every step;
+* ``mode="project"``: no masking pass in the view, no ``keep_compressed``;
+  ``comp.update`` re-zeroes the pruned weights after every step;
+* ``jaxcomp.prune.pruning_optimizer(adamw, comp)`` (``mode="project"``):
+  the masks live in the optimizer state and are scored on the params the
+  step starts from, so their ``lax.cond`` does not wait for the optimizer
+  and the projection fuses into Adam's own update of the weights.
+ Every variant runs its own trajectory; the
+trajectories advance in interleaved blocks of ``--block`` steps so machine
+noise (large and slow on a shared 2-core machine) hits them alike.
+``--donate`` donates params, optimizer and compressor state in every step,
+as a training loop does (``jaxcomp.train`` steps with ``donate=True``).
 
 Run: ``python benchmarks/prune_train_step.py [--steps 300] [--batch 128] [--rounds 3]
-[--models lenet5 lenet300]``
+[--block 10] [--donate] [--models lenet5 lenet300]``
 """
 
 from __future__ import annotations
@@ -31,8 +41,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from functools import partial
 
 import jax
+import jax.numpy as jnp
 import optax
 
 import jaxcomp as jc
@@ -44,10 +56,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--block", type=int, default=10, help="steps per interleaved block")
+    ap.add_argument("--donate", action="store_true",
+                    help="donate params, optimizer and compressor state (all steps)")
     ap.add_argument("--models", nargs="+", default=["lenet5", "lenet300"])
     args = ap.parse_args()
-    print(f"batch {args.batch}, {args.steps} steps per run, median of {args.rounds} runs; "
+    print(f"batch {args.batch}, {args.steps} steps per run in blocks of {args.block}, median of "
+          f"{args.rounds} rounds, buffers {'donated' if args.donate else 'not donated'}; "
           f"jax {jax.__version__}, {jax.default_backend()}")
     print(f"\n{'model / step':<66} {'ms/step':>8} {'ratio':>6}")
     for name in args.models:
@@ -59,28 +75,29 @@ def bench(name: str, args: argparse.Namespace) -> None:
     params0 = spec.init(jax.random.key(0))["params"]
     x = spec.example_input(args.batch, key=jax.random.key(1))
     y = jax.random.randint(jax.random.key(2), (args.batch,), 0, 10)
+    donate = (0, 1, 2) if args.donate else ()
 
     def ce(p):
         logits = spec.apply_fn(p, x)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
     base = optax.adamw(1e-3, weight_decay=1e-4)
-
-    @jax.jit
-    def dense_step(p, o, t):
-        del t
-        g = jax.grad(ce)(p)
-        u, o = base.update(g, o, p)
-        return optax.apply_updates(p, u), o
-
     end = max(100, (2 * args.steps // 3) // 100 * 100)
+
+    def dense():
+        def step(p, o, s, t):
+            del t
+            g = jax.grad(ce)(p)
+            u, o = base.update(g, o, p)
+            return optax.apply_updates(p, u), o, s
+
+        return Run(jax.jit(step, donate_argnums=donate), params0, base.init, lambda p: ())
 
     def pruned(mode: str, keep: bool):
         comp = jp.magnitude_pruning(jp.polynomial_schedule(0.0, 0.9, 0, end, update_every=100),
                                     mode=mode)
         tx = optax.chain(base, jc.keep_compressed(comp)) if keep else base
 
-        @jax.jit
         def step(p, o, s, t):
             g = jax.grad(lambda q: ce(comp.apply(q, s)))(p)
             u, o = tx.update(g, o, p, compressor_state=s) if keep else tx.update(g, o, p)
@@ -88,40 +105,44 @@ def bench(name: str, args: argparse.Namespace) -> None:
             p, s = comp.update(p, s, step=t, grads=g)
             return p, o, s
 
-        def run():
-            p, o, s = params0, tx.init(params0), comp.init(params0)
-            jax.block_until_ready(step(p, o, s, 0))  # compile outside the timing
-            t0 = time.perf_counter()
-            for t in range(args.steps):
-                p, o, s = step(p, o, s, t)
-            jax.block_until_ready(p)
-            return (time.perf_counter() - t0) / args.steps, (p, s)
+        return Run(jax.jit(step, donate_argnums=donate), params0, tx.init, comp.init)
 
-        return run
+    def wrapped():
+        comp = jp.magnitude_pruning(jp.polynomial_schedule(0.0, 0.9, 0, end, update_every=100),
+                                    mode="project")
+        tx = jp.pruning_optimizer(base, comp)
 
-    def run_dense():
-        p, o = params0, base.init(params0)
-        jax.block_until_ready(dense_step(p, o, 0))
-        t0 = time.perf_counter()
-        for t in range(args.steps):
-            p, o = dense_step(p, o, t)
-        jax.block_until_ready(p)
-        return (time.perf_counter() - t0) / args.steps
+        def step(p, o, s, t):
+            del t  # the wrapper counts its own steps
+            g = jax.grad(ce)(p)
+            u, o = tx.update(g, o, p)
+            return optax.apply_updates(p, u), o, s
+
+        return Run(jax.jit(step, donate_argnums=donate), params0, tx.init, lambda p: ())
 
     variants = {
-        'mode="mask": masked view + keep_compressed + update': pruned("mask", True),
-        'mode="project": update re-zeroes pruned weights': pruned("project", False),
+        'mode="mask": masked view + keep_compressed + update': lambda: pruned("mask", True),
+        'mode="project": update re-zeroes pruned weights': lambda: pruned("project", False),
+        'pruning_optimizer(adamw, mode="project")': wrapped,
     }
-    # Interleaved rounds (dense, variant, variant, dense, ...) so drifts in machine load hit
-    # all alike; ratios are taken per round and their median reported.
-    dense, times, ratios, last = [], {k: [] for k in variants}, {k: [] for k in variants}, {}
+    # Each round runs every variant's own trajectory for --steps steps, interleaved in blocks
+    # of --block steps in a rotating order, so drifts in machine load hit all alike; a
+    # variant's time is the sum over its blocks (mask updates included).
+    dense_t, times, ratios, last = [], {k: [] for k in variants}, {k: [] for k in variants}, {}
     for _ in range(args.rounds):
-        dense.append(run_dense())
-        for k, run in variants.items():
-            t, last[k] = run()
-            times[k].append(t)
-            ratios[k].append(t / dense[-1])
-    print(f"{name + ': dense adamw step (baseline, best round)':<66} {1e3 * min(dense):8.3f} "
+        runs = {"dense": dense(), **{k: make() for k, make in variants.items()}}
+        total = dict.fromkeys(runs, 0.0)
+        order = list(runs)
+        for _ in range(0, args.steps, args.block):
+            for k in order:
+                total[k] += runs[k].block(min(args.block, args.steps - runs[k].t))
+            order = order[1:] + order[:1]  # rotate: no variant always follows the same one
+        dense_t.append(total["dense"] / args.steps)
+        for k in variants:
+            times[k].append(total[k] / args.steps)
+            ratios[k].append(times[k][-1] / dense_t[-1])
+            last[k] = runs[k].state
+    print(f"{name + ': dense adamw step (baseline, best round)':<66} {1e3 * min(dense_t):8.3f} "
           f"{1.0:6.3f}")
     for k in variants:
         ratio = statistics.median(ratios[k])
@@ -132,6 +153,33 @@ def bench(name: str, args: argparse.Namespace) -> None:
               f"{int(s.count)} (last at step {int(s.last_update)}); kernel sparsity "
               f"{100 * summary.sparsity:.2f}%; goal <= 1.05x: "
               f"{'met' if ratio <= 1.05 else 'NOT met'}")
+
+
+class Run:
+    """One training trajectory, advanced a block of steps at a time."""
+
+    def __init__(self, step, params0, opt_init, comp_init):
+        fresh = jax.tree.map(jnp.copy, params0)  # donated steps consume their inputs
+        self.step, self.t = step, 0
+        self.p, self.o, self.s = fresh, opt_init(fresh), comp_init(fresh)
+        # compile outside the timing on copies (a donated step consumes its inputs)
+        copy = partial(jax.tree.map, jnp.copy)
+        jax.block_until_ready(step(copy(self.p), copy(self.o), copy(self.s), 0))
+
+    def block(self, n: int) -> float:
+        p, o, s = self.p, self.o, self.s
+        t0 = time.perf_counter()
+        for t in range(self.t, self.t + n):
+            p, o, s = self.step(p, o, s, t)
+        jax.block_until_ready(p)
+        elapsed = time.perf_counter() - t0
+        self.p, self.o, self.s, self.t = p, o, s, self.t + n
+        return elapsed
+
+    @property
+    def state(self):
+        """Params and pruning state (pruning_optimizer keeps it in the optimizer state)."""
+        return self.p, (self.o.compressor_state if self.s == () else self.s)
 
 
 if __name__ == "__main__":

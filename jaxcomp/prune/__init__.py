@@ -22,6 +22,10 @@ SparseGPT/OBS, :mod:`~jaxcomp.prune.thinet`), sensitivity scans
 (:mod:`~jaxcomp.prune.sensitivity`) and channel surgery that makes a
 physically smaller model (:mod:`~jaxcomp.prune.surgery`).
 
+:func:`pruning_optimizer` wraps any optax optimizer so that it carries a
+pruning compressor's state, counts the schedule's steps and keeps pruned
+weights exactly zero inside its own update (:mod:`~jaxcomp.prune.optimizer`).
+
 Thresholds are exact and sort-free (:mod:`jaxcomp.prune.threshold`): a
 bisection on the float bit patterns with scalar counts only, so masks run
 under ``jit`` on sharded parameters without all-gathers and keep each

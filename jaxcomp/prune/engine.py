@@ -11,11 +11,18 @@ allocation, pattern, schedule) plus a *mode* for the forward view
 * ``apply(params, state)`` is the masked view (gradients by mode).
 * ``update(params, state, *, step, grads=None, **extra)`` accumulates
   running scores, recomputes masks when ``schedule.is_update_step(step)``
-  (``lax.cond`` under ``jit``, so new masks never retrace) and, in mask mode,
-  zeros the newly pruned stored weights at those steps (between updates the
-  stored weights are left to :func:`jaxcomp.keep_compressed`; the view is
-  masked either way).
-* ``project(params, state)`` (mask mode) zeros pruned stored weights; with
+  (``lax.cond`` under ``jit``, so new masks never retrace; they are scored
+  on the stored weights as projected so far) and zeros the newly pruned
+  stored weights at those steps. In mask mode the stored weights are left
+  alone between updates (:func:`jaxcomp.keep_compressed` keeps them zero; the
+  view is masked either way); in project mode they are re-zeroed with the
+  current masks on every step, a select that XLA fuses into the optimizer's
+  update.
+* the masks-only variant of ``update`` (:func:`mask_refresh`) serves
+  :func:`jaxcomp.prune.pruning_optimizer`, which scores on the params a step
+  starts from and projects inside the optimizer's update.
+* ``project(params, state)`` (mask and project modes) zeros pruned stored
+  weights; with
   :func:`jaxcomp.keep_compressed` last in an optax chain it keeps them exactly
   zero through momentum and weight decay.
 
