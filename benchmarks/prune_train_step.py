@@ -26,9 +26,10 @@ recompiling:
   the masks live in the optimizer state and are scored on the params the
   step starts from, so their ``lax.cond`` does not wait for the optimizer
   and the projection fuses into Adam's own update of the weights.
- Every variant runs its own trajectory; the
-trajectories advance in interleaved blocks of ``--block`` steps so machine
-noise (large and slow on a shared 2-core machine) hits them alike.
+
+Every variant runs its own trajectory; the trajectories advance in
+interleaved blocks of ``--block`` steps in a rotating order so machine noise
+(large and slow on a shared 2-core machine) hits them alike.
 ``--donate`` donates params, optimizer and compressor state in every step,
 as a training loop does (``jaxcomp.train`` steps with ``donate=True``).
 
@@ -159,11 +160,11 @@ class Run:
     """One training trajectory, advanced a block of steps at a time."""
 
     def __init__(self, step, params0, opt_init, comp_init):
-        fresh = jax.tree.map(jnp.copy, params0)  # donated steps consume their inputs
+        copy = partial(jax.tree.map, jnp.copy)  # a donated step consumes its inputs
+        p = copy(params0)
         self.step, self.t = step, 0
-        self.p, self.o, self.s = fresh, opt_init(fresh), comp_init(fresh)
-        # compile outside the timing on copies (a donated step consumes its inputs)
-        copy = partial(jax.tree.map, jnp.copy)
+        self.p, self.o, self.s = p, opt_init(p), comp_init(p)
+        # compile outside the timing, on copies
         jax.block_until_ready(step(copy(self.p), copy(self.o), copy(self.s), 0))
 
     def block(self, n: int) -> float:

@@ -279,17 +279,17 @@ def build_pruning(
             return sel.rebuild([masked_weight(w, m) for w, m in zip(sel.sel_leaves, ms)])
 
     comp = Compressor(init, apply, update, project)
-    _REFRESH[update] = (refresh, mode, name)
+    _REFRESH[update] = (refresh, mode)
     return comp
 
 
-# update function of a pruning compressor -> (refresh, mode, name); read by
+# update function of a pruning compressor -> (refresh, mode); read by
 # jaxcomp.prune.pruning_optimizer, which needs the masks-only update.
 _REFRESH: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def mask_refresh(compressor: Compressor) -> tuple[Callable, str, str] | None:
-    """``(refresh, mode, name)`` of a compressor built here, else ``None``.
+def mask_refresh(compressor: Compressor) -> tuple[Callable, str] | None:
+    """``(refresh, mode)`` of a compressor built here, else ``None``.
 
     ``refresh(params, state, *, step, grads=None, **extra) -> state`` does
     what ``update`` does to the state (scores, masks on update steps) and
