@@ -13,9 +13,9 @@ of a ~2 ms step).
 
 All steps are plain ``optax`` + ``jax.jit`` (Adam with decoupled weight
 decay, batch ``--batch``): the dense step is ``loss -> grad -> tx.update ->
-apply_updates``. Three pruned steps, all training the kept weights the
-same way and changing masks under ``lax.cond`` only on update steps, without
-recompiling:
+apply_updates``. Four pruned steps, all training the kept weights the
+same way and changing masks only on update steps, without recompiling (the
+first three under ``lax.cond`` in the step, the fourth from the host):
 
 * ``mode="mask"``: the masked view (``comp.apply``),
   ``jaxcomp.keep_compressed(comp)`` last in the optax chain and
@@ -25,7 +25,11 @@ recompiling:
 * ``jaxcomp.prune.pruning_optimizer(adamw, comp)`` (``mode="project"``):
   the masks live in the optimizer state and are scored on the params the
   step starts from, so their ``lax.cond`` does not wait for the optimizer
-  and the projection fuses into Adam's own update of the weights.
+  and the projection fuses into Adam's own update of the weights;
+* ``jaxcomp.prune.host_scheduled(comp)`` (``mode="project"``): the Python
+  loop decides the update steps; the jitted step only re-zeroes with fixed
+  masks (fused into Adam's update) and holds no ``lax.cond``, and a
+  separately compiled ``comp.update`` runs on update steps.
 
 Every variant runs its own trajectory; the trajectories advance in
 interleaved blocks of ``--block`` steps in a rotating order so machine noise
@@ -121,10 +125,30 @@ def bench(name: str, args: argparse.Namespace) -> None:
 
         return Run(jax.jit(step, donate_argnums=donate), params0, tx.init, lambda p: ())
 
+    def host():
+        comp = jp.magnitude_pruning(jp.polynomial_schedule(0.0, 0.9, 0, end, update_every=100),
+                                    mode="project")
+        pruner = jp.host_scheduled(comp, donate=bool(donate))
+
+        def train(p, o, s):
+            g = jax.grad(ce)(p)
+            u, o = base.update(g, o, p)
+            return pruner.project(optax.apply_updates(p, u), s), o
+
+        train = jax.jit(train, donate_argnums=donate[:2])
+
+        def step(p, o, s, t):
+            p, o = train(p, o, s)
+            p, s = pruner(p, s, step=t)  # a compiled comp.update on update steps only
+            return p, o, s
+
+        return Run(step, params0, base.init, comp.init)
+
     variants = {
         'mode="mask": masked view + keep_compressed + update': lambda: pruned("mask", True),
         'mode="project": update re-zeroes pruned weights': lambda: pruned("project", False),
         'pruning_optimizer(adamw, mode="project")': wrapped,
+        'host_scheduled(comp, mode="project"): no cond in the step': host,
     }
     # Each round runs every variant's own trajectory for --steps steps, interleaved in blocks
     # of --block steps in a rotating order, so drifts in machine load hit all alike; a

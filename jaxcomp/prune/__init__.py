@@ -25,6 +25,8 @@ physically smaller model (:mod:`~jaxcomp.prune.surgery`).
 :func:`pruning_optimizer` wraps any optax optimizer so that it carries a
 pruning compressor's state, counts the schedule's steps and keeps pruned
 weights exactly zero inside its own update (:mod:`~jaxcomp.prune.optimizer`).
+:func:`host_scheduled` lets a Python training loop decide when masks change,
+so that the jitted step holds no ``lax.cond`` at all (:mod:`~jaxcomp.prune.host`).
 
 Thresholds are exact and sort-free (:mod:`jaxcomp.prune.threshold`): a
 bisection on the float bit patterns with scalar counts only, so masks run
@@ -68,6 +70,7 @@ from jaxcomp.prune.dst import (
     rigl_pruning,
     set_pruning,
 )
+from jaxcomp.prune.host import HostScheduled, host_scheduled
 from jaxcomp.prune.lottery import (
     LotteryResult,
     fixed_mask,
@@ -173,6 +176,7 @@ __all__ = [
     "ChannelPruneResult",
     "DSTState",
     "HessianState",
+    "HostScheduled",
     "LotteryResult",
     "MagnitudePruningState",
     "MaskConfig",
@@ -215,6 +219,7 @@ __all__ = [
     "greedy_channel_selection",
     "group_lasso",
     "group_norms",
+    "host_scheduled",
     "hutchinson_diag",
     "imp_round_masks",
     "init_hessian",

@@ -37,7 +37,7 @@ from __future__ import annotations
 import copy
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -55,7 +55,7 @@ from jaxcomp.prune.threshold import _is_tracer, check_finite
 from jaxcomp.select.paths import is_leaf, leaves_with_paths, path_str
 from jaxcomp.select.selectors import resolve
 
-__all__ = ["Selection", "build_pruning", "mask_refresh", "masks_info"]
+__all__ = ["PruningParts", "Selection", "build_pruning", "mask_refresh", "masks_info"]
 
 # scorer(selection, selected_grads | None, extra, state, accumulated | None)
 #   -> list of score arrays, one per selected leaf
@@ -279,22 +279,37 @@ def build_pruning(
             return sel.rebuild([masked_weight(w, m) for w, m in zip(sel.sel_leaves, ms)])
 
     comp = Compressor(init, apply, update, project)
-    _REFRESH[update] = (refresh, mode)
+    _REFRESH[update] = PruningParts(refresh, mode, schedule, accumulate is not None, name)
     return comp
 
 
-# update function of a pruning compressor -> (refresh, mode); read by
-# jaxcomp.prune.pruning_optimizer, which needs the masks-only update.
+class PruningParts(NamedTuple):
+    """What the wrappers of a pruning compressor need to know about it.
+
+    Attributes:
+      refresh: ``refresh(params, state, *, step, grads=None, **extra) ->
+        state`` does what ``update`` does to the state (scores, masks on
+        update steps) and leaves the weights alone.
+      mode: the compressor's mode (:data:`jaxcomp.prune.ste.MODES`).
+      schedule: its :class:`~jaxcomp.prune.schedules.Schedule`.
+      accumulates: whether ``update`` adds to running scores on every step.
+      name: the constructor's name, for messages.
+    """
+
+    refresh: Callable
+    mode: str
+    schedule: Schedule
+    accumulates: bool
+    name: str
+
+
+# update function of a pruning compressor -> its PruningParts; read by
+# jaxcomp.prune.pruning_optimizer and jaxcomp.prune.host_scheduled.
 _REFRESH: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def mask_refresh(compressor: Compressor) -> tuple[Callable, str] | None:
-    """``(refresh, mode)`` of a compressor built here, else ``None``.
-
-    ``refresh(params, state, *, step, grads=None, **extra) -> state`` does
-    what ``update`` does to the state (scores, masks on update steps) and
-    leaves the weights alone.
-    """
+def mask_refresh(compressor: Compressor) -> PruningParts | None:
+    """The :class:`PruningParts` of a compressor built here, else ``None``."""
     try:
         return _REFRESH.get(compressor.update)
     except TypeError:  # not weak-referenceable: not one of ours

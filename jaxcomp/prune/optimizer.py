@@ -164,7 +164,7 @@ def pruning_optimizer(tx: optax.GradientTransformation,
             "obd_pruning). For other compressors use optax.chain(tx, "
             "jaxcomp.keep_compressed(comp)) and call comp.update after each step."
         )
-    refresh, mode = found
+    refresh, mode = found.refresh, found.mode
     projects = mode in ("mask", "project")
     inner = optax.with_extra_args_support(tx)
 

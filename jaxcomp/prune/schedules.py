@@ -67,6 +67,35 @@ class Schedule:
         """Whether masks are recomputed at ``step`` (a bool scalar array)."""
         return jnp.asarray(self.update_fn(jnp.asarray(step)), bool)
 
+    def due(self, step: int) -> bool:
+        """Whether masks are recomputed at ``step``, decided on the host.
+
+        For training loops that schedule mask updates themselves
+        (:func:`jaxcomp.prune.host_scheduled`): the built-in schedules answer
+        in plain Python, with no device work and no wait for the device.
+
+        Args:
+          step: a Python (or numpy) int ``>= 0``.
+
+        Raises:
+          TypeError: ``step`` is not an int (a traced step belongs to
+            :meth:`is_update_step`).
+          ValueError: ``step`` is negative.
+
+        Example:
+          >>> s = polynomial_schedule(0.0, 0.9, 0, 300, update_every=100)
+          >>> [t for t in range(0, 500, 50) if s.due(t)]
+          [0, 100, 200, 300]
+        """
+        if isinstance(step, jax.core.Tracer):
+            raise TypeError(
+                "Schedule.due runs on the host and needs a Python int step; inside jit use "
+                "is_update_step(step)"
+            )
+        step = _check_step("step", step)
+        out = self.update_fn(step)
+        return bool(np.asarray(out))
+
     def __repr__(self) -> str:
         return f"Schedule({self.description})"
 
@@ -163,7 +192,12 @@ def iterative_schedule(steps: Sequence[int], sparsities: Sequence[float]) -> Sch
         idx = jnp.sum(jnp.asarray(st) <= t)
         return jnp.asarray(vs)[idx]
 
-    return Schedule(fn, lambda t: jnp.any(jnp.asarray(st) == t), vals[-1],
+    def due(t):
+        if isinstance(t, (int, np.integer)):  # host-side check: no device work
+            return bool(np.any(st == t))
+        return jnp.any(jnp.asarray(st) == t)
+
+    return Schedule(fn, due, vals[-1],
                     f"iterative {vals} at {steps}")
 
 
