@@ -131,7 +131,7 @@ def _early_stopping(cfg: Any, field: str = "config.train") -> Any:
 
 
 _TRAIN_FIELDS = ("optimizer", "steps", "epochs", "eval_every", "log_every", "early_stopping",
-                 "accumulate", "compressor_every", "checkpoint_every")
+                 "accumulate", "compressor_every", "compressor_update", "checkpoint_every")
 
 
 def train_supervised(
@@ -155,7 +155,9 @@ def train_supervised(
     ``train_cfg`` holds ``optimizer`` (see :func:`~jaxcomp.config.build_optimizer`),
     ``steps`` or ``epochs``, and optionally ``eval_every``, ``log_every``,
     ``early_stopping`` (:class:`~jaxcomp.train.EarlyStopping` fields),
-    ``accumulate``, ``compressor_every`` and ``checkpoint_every``. With a
+    ``accumulate``, ``compressor_every``, ``compressor_update`` (``"step"``
+    or ``"host"``, see :func:`~jaxcomp.train.make_train_step`) and
+    ``checkpoint_every``. With a
     compressor, ``jaxcomp.keep_compressed`` is appended to the optimizer.
     ``loss_fn`` defaults to :func:`~jaxcomp.train.supervised_loss`;
     ``params`` (e.g. a pretrained or rewound tree) replaces the fresh init;
@@ -184,6 +186,10 @@ def train_supervised(
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                   or value < 1):
             raise ConfigError(f"{field}.{name}: expected a positive int, got {value!r}")
+    update_where = cfg.get("compressor_update", "step")
+    if update_where not in ("step", "host"):
+        raise ConfigError(f"{field}.compressor_update: expected 'step' or 'host', got "
+                          f"{update_where!r}")
     tx = build_optimizer(cfg.get("optimizer"), field=f"{field}.optimizer")
     if compressor is not None:
         tx = optax.chain(tx, keep_compressed(compressor))
@@ -198,6 +204,7 @@ def train_supervised(
     step = train.make_train_step(
         loss, tx, compressor=compressor, accumulate=int(cfg.get("accumulate", 1)),
         compressor_every=int(cfg.get("compressor_every", 1)),
+        compressor_update=update_where if compressor is not None else "step",
     )
     eval_step = train.make_eval_step(train.supervised_loss(model.apply_fn, train=False),
                                      compressor=compressor)

@@ -220,7 +220,9 @@ def fit(
     """Trains with a step function: jit, logs, evaluation, early stopping, checkpoints.
 
     The loop jits ``step_fn`` (donating the state when ``step_fn.donate`` is
-    set, see :func:`make_train_step`) and ``eval_fn``, runs the steps, and
+    set, see :func:`make_train_step`) and ``eval_fn``, runs the steps (each
+    followed by ``step_fn.host_update(state, t)`` when the step has one:
+    ``make_train_step(compressor_update="host")``), and
     every ``log_every`` steps records the mean train metrics since the last
     record; every ``eval_every`` steps (by default at the end of every epoch,
     and always at the end) it evaluates on all of ``eval_batches`` and records
@@ -311,6 +313,8 @@ def fit(
         log_every = max(1, min(100, total // 50)) if total else 50
     donate = bool(getattr(step_fn, "donate", False))
     run_step = jax.jit(step_fn, donate_argnums=(0,) if donate else ()) if jit else step_fn
+    host_update = getattr(step_fn, "host_update", None)  # make_train_step(compressor_update="host")
+    first_step = int(jax.device_get(state.step)) if host_update is not None else 0
     run_eval = (jax.jit(eval_fn) if jit else eval_fn) if eval_fn is not None else None
     if eval_batches is not None and not callable(eval_batches) and hasattr(
         eval_batches, "__next__"
@@ -384,6 +388,8 @@ def fit(
     try:
         for epoch, batch, end_of_epoch in stream if total != 0 else ():
             state, metrics = run_step(state, batch)
+            if host_update is not None:
+                state = host_update(state, first_step + done)
             pending.append(metrics)
             done += 1
             reporter.advance()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -104,6 +105,7 @@ def make_train_step(
     *,
     compressor: Compressor | None = None,
     compressor_every: int = 1,
+    compressor_update: str = "step",
     accumulate: int = 1,
     compute_dtype: Any = None,
     donate: bool = False,
@@ -128,8 +130,26 @@ def make_train_step(
     5. with a compressor, ``compressor.update(params, cstate, step=step,
        grads=grads)`` when ``step % compressor_every == 0``, under
        ``lax.cond`` (no recompilation); ``step`` is the index of the step being
-       taken (0 for the first), before the increment;
+       taken (0 for the first), before the increment. With
+       ``compressor_update="host"`` the step only applies
+       ``compressor.project`` (fixed masks, fused into the optimizer's
+       update) and the Python loop runs the update: see below;
     6. increments ``state.step``.
+
+    ``compressor_update="host"`` moves the decision "is this an update
+    step?" to the host, so the compiled step holds no ``lax.cond``: on a
+    small memory-bound model that ``cond`` costs a few percent of every step
+    (``benchmarks/prune_train_step.py``). The returned step then has
+    ``step.host_update(state, t) -> state``, which :func:`~jaxcomp.train.fit`
+    calls after every step (``t``: the index of the step just taken). It
+    runs a separately compiled ``compressor.update(params, cstate, step=t)``
+    when ``t % compressor_every == 0`` and, for pruning compressors of
+    :mod:`jaxcomp.prune`, when the sparsity schedule updates masks at ``t``
+    (:meth:`~jaxcomp.prune.Schedule.due`); between updates nothing runs.
+    The step's projection runs on every step whatever ``compressor_every``
+    is (in ``"step"`` mode a ``project``-mode compressor re-zeroes only when
+    its update runs). The update gets no ``grads``: use it for scores computed from the params
+    (magnitude, random), not for gradient scores (saliency, movement, RigL).
 
     Args:
       loss_fn: ``loss_fn(params, model_state, batch, rng) -> (loss,
@@ -139,6 +159,9 @@ def make_train_step(
       compressor: optional compressor; the state's ``compressor_state`` must
         come from its ``init``.
       compressor_every: run ``compressor.update`` every this many steps.
+      compressor_update: ``"step"`` (inside the compiled step, under
+        ``lax.cond``) or ``"host"`` (by the loop through ``step.host_update``;
+        see above).
       accumulate: number of micro-batches per step (gradient accumulation).
       compute_dtype: e.g. ``jnp.bfloat16``: the forward view and the
         floating-point inputs ``batch["x"]`` are cast to it, the master params,
@@ -157,7 +180,9 @@ def make_train_step(
     Raises:
       TypeError: if ``loss_fn``, ``tx`` or ``compressor`` has the wrong type.
       ValueError: if ``compressor_every`` or ``accumulate`` is not a positive
-        int, or (when traced) the batch size is not divisible by ``accumulate``.
+        int, ``compressor_update`` is not ``"step"``/``"host"`` (or is
+        ``"host"`` without a compressor), or (when traced) the batch size is
+        not divisible by ``accumulate``.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax
@@ -188,6 +213,13 @@ def make_train_step(
     if compressor is not None:
         compressor = validate_compressor(compressor, "make_train_step(compressor=)")
     every = _check_positive_int("make_train_step: compressor_every", compressor_every)
+    if compressor_update not in ("step", "host"):
+        raise ValueError(
+            f"make_train_step: compressor_update={compressor_update!r} must be 'step' or 'host'"
+        )
+    on_host = compressor_update == "host"
+    if on_host and compressor is None:
+        raise ValueError("make_train_step: compressor_update='host' needs a compressor=")
     k = _check_positive_int("make_train_step: accumulate", accumulate)
     if compute_dtype is not None and not jnp.issubdtype(compute_dtype, jnp.floating):
         raise ValueError(
@@ -269,7 +301,10 @@ def make_train_step(
                 p2, c2 = compressor.update(p, c, step=state.step, grads=grads)
                 return _match_dtypes(p2, p), _match_dtypes(c2, c)
 
-            if every == 1:
+            if on_host:  # fixed masks here; step.host_update changes them
+                if compressor.project is not None:
+                    new_params = _match_dtypes(compressor.project(new_params, cstate), params)
+            elif every == 1:
                 new_params, cstate = run_update((new_params, cstate))
             else:
                 try:
@@ -293,7 +328,38 @@ def make_train_step(
         return new_state, metrics
 
     step.donate = bool(donate)
+    if on_host:
+        step.host_update = _host_updater(compressor, every, bool(donate))
     return step
+
+
+def _host_updater(compressor: Compressor, every: int,
+                  donate: bool) -> Callable[[TrainState, int], TrainState]:
+    """``host_update(state, t)``: ``compressor.update`` at step ``t`` when it is due."""
+    from jaxcomp.prune.engine import mask_refresh  # the only use of jaxcomp.prune here
+
+    parts = mask_refresh(compressor)
+    # a pruning schedule says which steps change masks; scores that accumulate need them all
+    schedule = parts.schedule if parts is not None and not parts.accumulates else None
+
+    def run(params, cstate, t):
+        p2, c2 = compressor.update(params, cstate, step=t)
+        return _match_dtypes(p2, params), _match_dtypes(c2, cstate)
+
+    run = jax.jit(run, donate_argnums=(0, 1) if donate else ())
+
+    def host_update(state: TrainState, t: int) -> TrainState:
+        if isinstance(t, (jax.core.Tracer, bool)) or not isinstance(t, numbers.Integral):
+            raise TypeError(
+                f"host_update: t must be a Python int (the index of the step just taken), got "
+                f"{type(t).__name__}"
+            )
+        if t % every != 0 or (schedule is not None and not schedule.due(t)):
+            return state
+        params, cstate = run(state.params, state.compressor_state, np.int32(t))
+        return state.replace(params=params, compressor_state=cstate)
+
+    return host_update
 
 
 def make_eval_step(
