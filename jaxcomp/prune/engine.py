@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxcomp.core.base import Compressor, MaskedNode
+from jaxcomp.core.base import Compressor, MaskedNode, validate_compressor
 from jaxcomp.core.errors import list_paths
 from jaxcomp.core.info import LeafInfo
 from jaxcomp.prune.masks import MaskConfig, _check_leaf, compute_keep, default_where
@@ -55,7 +55,8 @@ from jaxcomp.prune.threshold import _is_tracer, check_finite
 from jaxcomp.select.paths import is_leaf, leaves_with_paths, path_str
 from jaxcomp.select.selectors import resolve
 
-__all__ = ["PruningParts", "Selection", "build_pruning", "mask_refresh", "masks_info"]
+__all__ = ["PruningParts", "Selection", "build_pruning", "mask_refresh", "masks_info",
+           "pruning_parts"]
 
 # scorer(selection, selected_grads | None, extra, state, accumulated | None)
 #   -> list of score arrays, one per selected leaf
@@ -314,6 +315,22 @@ def mask_refresh(compressor: Compressor) -> PruningParts | None:
         return _REFRESH.get(compressor.update)
     except TypeError:  # not weak-referenceable: not one of ours
         return None
+
+
+def pruning_parts(compressor: Any, who: str, otherwise: str) -> PruningParts:
+    """The :class:`PruningParts` of ``compressor``; ``TypeError`` if it is not built here.
+
+    ``who`` names the caller in the message, ``otherwise`` says what to do
+    with other compressors.
+    """
+    parts = mask_refresh(validate_compressor(compressor, f"{who}(compressor)"))
+    if parts is None:
+        raise TypeError(
+            f"{who}: compressor must be a pruning compressor of jaxcomp.prune "
+            "(magnitude_pruning, random_pruning, saliency_pruning, movement_pruning, "
+            f"obd_pruning); {otherwise}"
+        )
+    return parts
 
 
 def nm_sparsity_check(pattern: Any, sparsity: Any, name: str) -> None:

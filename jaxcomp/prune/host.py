@@ -40,8 +40,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxcomp.core.base import Compressor, validate_compressor
-from jaxcomp.prune.engine import mask_refresh
+from jaxcomp.core.base import Compressor
+from jaxcomp.prune.engine import pruning_parts
 
 __all__ = ["HostScheduled", "host_scheduled"]
 
@@ -58,14 +58,8 @@ class HostScheduled:
     """
 
     def __init__(self, compressor: Compressor, *, donate: bool = False):
-        compressor = validate_compressor(compressor, "host_scheduled(compressor)")
-        parts = mask_refresh(compressor)
-        if parts is None:
-            raise TypeError(
-                "host_scheduled: compressor must be a pruning compressor of jaxcomp.prune "
-                "(magnitude_pruning, random_pruning, saliency_pruning, obd_pruning); for "
-                "others call comp.update inside the training step"
-            )
+        parts = pruning_parts(compressor, "host_scheduled",
+                              "for others call comp.update inside the training step")
         if parts.accumulates:
             raise ValueError(
                 f"host_scheduled: {parts.name} adds to running scores on every step, so its "

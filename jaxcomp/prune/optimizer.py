@@ -41,8 +41,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import AxisType, NamedSharding
 
-from jaxcomp.core.base import Compressor, MaskedNode, validate_compressor
-from jaxcomp.prune.engine import mask_refresh
+from jaxcomp.core.base import Compressor, MaskedNode
+from jaxcomp.prune.engine import pruning_parts
 from jaxcomp.select.paths import is_leaf
 
 __all__ = ["PruningOptimizerState", "pruning_optimizer"]
@@ -155,15 +155,9 @@ def pruning_optimizer(tx: optax.GradientTransformation,
     if not (hasattr(tx, "init") and hasattr(tx, "update") and callable(tx.update)):
         raise TypeError(f"pruning_optimizer: tx must be an optax GradientTransformation, got "
                         f"{type(tx).__name__}")
-    compressor = validate_compressor(compressor, "pruning_optimizer(compressor)")
-    found = mask_refresh(compressor)
-    if found is None:
-        raise TypeError(
-            "pruning_optimizer: compressor must be a pruning compressor of jaxcomp.prune "
-            "(magnitude_pruning, random_pruning, saliency_pruning, movement_pruning, "
-            "obd_pruning). For other compressors use optax.chain(tx, "
-            "jaxcomp.keep_compressed(comp)) and call comp.update after each step."
-        )
+    found = pruning_parts(compressor, "pruning_optimizer",
+                          "for others use optax.chain(tx, jaxcomp.keep_compressed(comp)) and "
+                          "call comp.update after each step")
     refresh, mode = found.refresh, found.mode
     projects = mode in ("mask", "project")
     inner = optax.with_extra_args_support(tx)
