@@ -18,8 +18,8 @@ concatenated model is the worst case, so nothing here sorts, calls
 3. Ties at the threshold are broken by flat index, again sort-free: among
    elements equal to the threshold the ones with the *lowest* flat indices
    are pruned first (over a group: the earlier leaf first, then the lower
-   index), found by a second search on indices. It runs only when some leaf
-   really has a partial tie (``lax.cond``), so continuous scores pay nothing.
+   index), found by a second search on indices. It makes no trip unless some
+   leaf really has a partial tie, so continuous scores pay nothing.
 
 The result is exact: exactly ``k`` elements are marked, and every mark keeps
 its input's shape and sharding. Rounding: ``k = round(sparsity * n)`` with
@@ -109,14 +109,48 @@ def _key_to_float(key: jax.Array) -> jax.Array:
     return lax.bitcast_convert_type(b.astype(jnp.uint32), jnp.float32)
 
 
-def _flat_index(shape: tuple[int, ...]) -> jax.Array:
-    """Row-major flat index of every element, as uint32."""
-    idx = jnp.zeros(shape, jnp.uint32)
-    stride = 1
+def _flat_le(shape: tuple[int, ...], j: jax.Array) -> jax.Array:
+    """``flat_index <= j`` for every element (row-major), ``j`` a uint32 in ``[0, size)``.
+
+    Compared axis by axis against ``j``'s coordinates, so that inside a loop
+    body it is one fused pass of iotas and scalar compares that XLA does not
+    hoist into a materialised index array.
+    """
+    coords, rest = [], j
     for d in range(len(shape) - 1, -1, -1):
-        idx = idx + lax.broadcasted_iota(jnp.uint32, shape, d) * np.uint32(stride)
-        stride *= shape[d]
-    return idx
+        coords.append(rest % np.uint32(shape[d]))
+        rest = rest // np.uint32(shape[d])
+    coords.reverse()
+    out = None
+    for d in range(len(shape) - 1, -1, -1):
+        io = lax.broadcasted_iota(jnp.uint32, shape, d)
+        out = io <= coords[d] if out is None else (io < coords[d]) | ((io == coords[d]) & out)
+    return out
+
+
+def _tie_cut(key: jax.Array, t: jax.Array, r: jax.Array, partial: jax.Array) -> jax.Array:
+    """The flat index of the ``r``-th element equal to ``t`` (row-major), when ``partial``.
+
+    Bisection on the index with ``count(key == t and index <= j)``; when the
+    tie is not partial the loop makes no trip and the result is ``size - 1``
+    (every tie taken). The keys pass through an ``optimization_barrier`` tied
+    to the loop carry, so XLA cannot hoist the comparison out of the loop and
+    materialise it: a conditional holding this search (the mask update of a
+    training step) then needs no temporaries of the array's size, which on
+    XLA:CPU slow every step of a small model, even steps that skip it.
+    """
+    last = np.uint32(key.size - 1)
+
+    def body(carry):
+        lo, hi = carry
+        piv = lo + (hi - lo) // np.uint32(2)
+        k = lax.optimization_barrier((key, lo))[0]
+        ok = count_true((k == t) & _flat_le(key.shape, piv)) >= r
+        return jnp.where(ok, lo, piv + np.uint32(1)), jnp.where(ok, piv, hi)
+
+    start = (jnp.uint32(0), jnp.where(partial, last, jnp.uint32(0)))
+    _, j = lax.while_loop(lambda c: c[0] < c[1], body, start)
+    return jnp.where(partial, j, last)
 
 
 def num_pruned(sparsity: Any, size: int) -> Any:
@@ -354,21 +388,14 @@ def _smallest_k_kernel(scores, ks, groups, n_groups, ways):
     for i, g in enumerate(groups):
         r.append(jnp.clip(need[g] - before[g], 0, tie[i]))
         before[g] = before[g] + tie[i]
-    # 3. among ties, the lowest flat indices, searched only in leaves whose tie
-    #    is partial (at most one per group for a global threshold).
-    j_cut = []
-    for i, (k, t) in enumerate(zip(keys, t_leaf)):
-        partial = (r[i] > 0) & (r[i] < tie[i])
-
-        def index_search(_, k=k, t=t, ri=r[i]):
-            fn = lambda: jnp.where(k == t, _flat_index(k.shape), _U32_MAX)
-            return _search([fn], [0], 1, ri[None], ways)[0]
-
-        j_cut.append(lax.cond(partial, index_search, lambda _: _U32_MAX, None))
+    # 3. among ties, the lowest flat indices: a search that makes no trip unless the leaf's
+    #    tie is partial (at most one leaf per group for a global threshold).
     out = []
     for i, (k, t) in enumerate(zip(keys, t_leaf)):
         ties = (k == t) & (r[i] > 0)
-        ties = ties & (_flat_index(k.shape) <= j_cut[i]) if k.ndim else ties
+        if k.ndim and k.size:
+            partial = (r[i] > 0) & (r[i] < tie[i])
+            ties = ties & _flat_le(k.shape, _tie_cut(k, t, r[i], partial))
         out.append((k < t) | ties)
     return out
 
