@@ -25,8 +25,9 @@ the schedule's update steps::
 
 The result equals calling ``comp.update(params, cstate, step=t)`` after
 every step inside the jitted step (tested bit for bit); the masked step then
-costs 1.02-1.03x the dense step on LeNet-300-100 where the in-step ``lax.cond``
-costs 1.07-1.14x (``benchmarks/prune_train_step.py``, 2 CPU cores).
+costs 1.00-1.03x the dense step on LeNet-300-100 where the in-step ``lax.cond``
+costs 1.03-1.08x (1.10-1.14x in mask mode; ``benchmarks/prune_train_step.py``,
+2 CPU cores).
 
 Compressors whose scores accumulate on every step (``movement_pruning``)
 need ``comp.update`` on every step and are refused.
