@@ -147,11 +147,11 @@ def test_errors():
     pruner = jp.host_scheduled(comp)
     p = params0()
     s = comp.init(p)
-    with pytest.raises(TypeError, match="Python int"):
+    with pytest.raises(TypeError, match="step must be an int, got float"):
         pruner(p, s, step=1.0)
-    with pytest.raises(TypeError, match="Python int"):
+    with pytest.raises(TypeError, match="step must be an int, got bool"):
         pruner(p, s, step=True)
-    with pytest.raises(TypeError, match="inside jit call comp.update"):
+    with pytest.raises(TypeError, match="needs a Python int step.*comp.update"):
         jax.jit(lambda t: pruner(p, s, step=t))(3)
     with pytest.raises(ValueError, match="step=-1 must be >= 0"):
         pruner(p, s, step=-1)

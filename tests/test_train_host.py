@@ -132,8 +132,10 @@ def test_errors():
     step = train.make_train_step(loss, TX, compressor=comp, compressor_update="host")
     state = train.TrainState.create(init(jax.random.key(0))["params"], TX, key=jax.random.key(1),
                                     compressor=comp)
-    with pytest.raises(TypeError, match="t must be a Python int"):
+    with pytest.raises(TypeError, match="host_update: t must be an int, got float"):
         step.host_update(state, 5.0)
+    with pytest.raises(ValueError, match="host_update: t=-1 must be >= 0"):
+        step.host_update(state, -1)
 
 
 def test_train_supervised_config_field():

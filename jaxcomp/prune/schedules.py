@@ -90,7 +90,7 @@ class Schedule:
         if isinstance(step, jax.core.Tracer):
             raise TypeError(
                 "Schedule.due runs on the host and needs a Python int step; inside jit use "
-                "is_update_step(step)"
+                "is_update_step(step) (or comp.update, which checks it)"
             )
         step = _check_step("step", step)
         out = self.update_fn(step)

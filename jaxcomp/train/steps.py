@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -336,7 +335,8 @@ def make_train_step(
 def _host_updater(compressor: Compressor, every: int,
                   donate: bool) -> Callable[[TrainState, int], TrainState]:
     """``host_update(state, t)``: ``compressor.update`` at step ``t`` when it is due."""
-    from jaxcomp.prune.engine import mask_refresh  # the only use of jaxcomp.prune here
+    from jaxcomp.prune.engine import mask_refresh  # the only uses of jaxcomp.prune here
+    from jaxcomp.prune.schedules import _check_step
 
     parts = mask_refresh(compressor)
     # a pruning schedule says which steps change masks; scores that accumulate need them all
@@ -349,11 +349,7 @@ def _host_updater(compressor: Compressor, every: int,
     run = jax.jit(run, donate_argnums=(0, 1) if donate else ())
 
     def host_update(state: TrainState, t: int) -> TrainState:
-        if isinstance(t, (jax.core.Tracer, bool)) or not isinstance(t, numbers.Integral):
-            raise TypeError(
-                f"host_update: t must be a Python int (the index of the step just taken), got "
-                f"{type(t).__name__}"
-            )
+        t = _check_step("host_update: t", t)  # the index of the step just taken, an int
         if t % every != 0 or (schedule is not None and not schedule.due(t)):
             return state
         params, cstate = run(state.params, state.compressor_state, np.int32(t))
