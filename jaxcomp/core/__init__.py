@@ -4,7 +4,10 @@ from jaxcomp.core.base import (
     Compressor,
     EmptyState,
     MaskedNode,
+    never_due,
     project_params,
+    target_reached,
+    update_due,
     validate_compressor,
 )
 from jaxcomp.core.combinators import (
@@ -59,13 +62,16 @@ __all__ = [
     "masked",
     "materialize",
     "named_chain",
+    "never_due",
     "nnx_merge",
     "nnx_split",
     "params_of",
     "partition",
     "project_params",
     "stateless",
+    "target_reached",
     "static_field",
     "unbox",
+    "update_due",
     "validate_compressor",
 ]

@@ -14,6 +14,21 @@ A :class:`Compressor` is a triple of pure functions over parameter pytrees:
   *stored* parameters must keep between updates, e.g. pruned weights exactly
   zero. :func:`jaxcomp.keep_compressed` applies it after every optimizer
   step, so momentum and weight decay cannot revive a pruned weight.
+* ``due(step) -> bool`` (optional) says at which steps ``update`` changes
+  anything: a pruner's mask-update steps, a quantizer's recalibration steps.
+  Called with a Python int it answers in plain Python (training loops decide
+  on the host and skip the call); called with a traced step it returns a
+  bool scalar. ``None`` means the update may change the state at any step
+  (running scores, EMA statistics), so loops run it on every step.
+* ``reached(state) -> bool`` (optional) says whether the compression target
+  is reached in ``state`` (a gradual schedule has ended). Model selection
+  (early stopping, best checkpoints) never picks a state that has not
+  reached it. ``None`` means always reached.
+
+These five functions are the whole protocol: :func:`jaxcomp.chain`,
+:func:`~jaxcomp.partition`, :func:`~jaxcomp.masked` and
+:func:`~jaxcomp.inject_hyperparams` combine them, and the training loops of
+:mod:`jaxcomp.train` use nothing else, whatever family built the compressor.
 
 Trainable quantities (low-rank factors, learned step sizes) live in params;
 everything else lives in the state, so no optimizer ever decays a mask.
@@ -22,9 +37,11 @@ everything else lives in the state, so no optimizer ever decays a mask.
 from __future__ import annotations
 
 from collections.abc import Callable
+import numbers
 from typing import Any, NamedTuple, Protocol
 
 import jax
+import numpy as np
 
 __all__ = [
     "ApplyFn",
@@ -36,7 +53,12 @@ __all__ = [
     "ProjectFn",
     "State",
     "UpdateFn",
+    "DueFn",
+    "ReachedFn",
+    "never_due",
     "project_params",
+    "target_reached",
+    "update_due",
     "validate_compressor",
 ]
 
@@ -62,8 +84,16 @@ class UpdateFn(Protocol):
     ) -> tuple[Params, State]: ...
 
 
+class DueFn(Protocol):
+    def __call__(self, step: Any) -> Any: ...
+
+
+class ReachedFn(Protocol):
+    def __call__(self, state: State) -> Any: ...
+
+
 class Compressor(NamedTuple):
-    """A compression method as three pure functions.
+    """A compression method as pure functions.
 
     Attributes:
       init: ``init(params) -> state``.
@@ -71,6 +101,11 @@ class Compressor(NamedTuple):
       update: ``update(params, state, *, step, grads=None, **extra) -> (params, state)``.
       project: optional ``project(params, state) -> params``, the constraint the
         stored params keep between updates (``None``: no constraint).
+      due: optional ``due(step) -> bool``: the steps at which ``update``
+        changes anything (a Python bool for an int step, a bool scalar for a
+        traced one). ``None``: any step (loops run ``update`` every step).
+      reached: optional ``reached(state) -> bool``: whether the compression
+        target is reached in ``state``. ``None``: always.
 
     Example:
       >>> import jax.numpy as jnp
@@ -86,6 +121,8 @@ class Compressor(NamedTuple):
     apply: ApplyFn
     update: UpdateFn
     project: ProjectFn | None = None
+    due: DueFn | None = None
+    reached: ReachedFn | None = None
 
 
 class EmptyState(NamedTuple):
@@ -111,7 +148,8 @@ def validate_compressor(c: Any, what: str = "compressor") -> Compressor:
         return c
     fields = ("init", "apply", "update")
     if all(callable(getattr(c, f, None)) for f in fields):
-        return Compressor(c.init, c.apply, c.update, getattr(c, "project", None))
+        return Compressor(c.init, c.apply, c.update, getattr(c, "project", None),
+                          getattr(c, "due", None), getattr(c, "reached", None))
     hint = ""
     if callable(c):
         hint = (
@@ -139,3 +177,74 @@ def project_params(compressor: Compressor, params: Params, state: State) -> Para
     if compressor.project is None:
         return params
     return compressor.project(params, state)
+
+
+def never_due(step: Any) -> bool:
+    """The ``due`` of a compressor whose ``update`` never changes anything."""
+    del step
+    return False
+
+
+def _host_step(step: Any, what: str) -> int:
+    if isinstance(step, jax.core.Tracer):
+        raise TypeError(f"{what}: step must be a Python int here, got a traced value; inside jit "
+                        "call compressor.due(step) directly")
+    if isinstance(step, bool) or not isinstance(step, (numbers.Integral, np.integer)):
+        raise TypeError(f"{what}: step must be an int, got {type(step).__name__}")
+    if step < 0:
+        raise ValueError(f"{what}: step={step} must be >= 0")
+    return int(step)
+
+
+def update_due(compressor: Compressor, step: int) -> bool:
+    """Whether ``compressor.update`` changes anything at ``step``, decided on the host.
+
+    Args:
+      compressor: any compressor.
+      step: a Python int ``>= 0`` (the index of the step just taken).
+
+    Returns:
+      ``compressor.due(step)`` as a Python bool; ``True`` when the compressor
+      has no ``due`` (its update may change something at any step).
+
+    Raises:
+      TypeError: ``step`` is traced or not an int.
+      ValueError: ``step`` is negative.
+
+    Example:
+      >>> import jaxcomp as jc
+      >>> update_due(jc.identity(), 3)
+      False
+    """
+    step = _host_step(step, "update_due")
+    if compressor.due is None:
+        return True
+    return bool(np.asarray(compressor.due(step)))
+
+
+def target_reached(compressor: Compressor | None, state: State) -> bool:
+    """Whether ``state`` has reached the compressor's compression target (host-side).
+
+    Model selection (early stopping, best checkpoints) must not pick a state
+    whose target is not reached: a gradual pruning schedule that has not
+    ended gives a denser model than asked for.
+
+    Args:
+      compressor: any compressor, or ``None`` (always reached).
+      state: its state (concrete arrays).
+
+    Returns:
+      ``bool(compressor.reached(state))``; ``True`` when the compressor has
+      no ``reached``.
+
+    Example:
+      >>> import jaxcomp as jc
+      >>> target_reached(jc.identity(), jc.EmptyState())
+      True
+    """
+    if compressor is None or compressor.reached is None:
+        return True
+    out = compressor.reached(state)
+    if isinstance(out, jax.core.Tracer):
+        raise TypeError("target_reached runs on the host; inside jit call compressor.reached")
+    return bool(np.asarray(out))
