@@ -151,16 +151,22 @@ def test_errors():
         pruner(p, s, step=1.0)
     with pytest.raises(TypeError, match="step must be an int, got bool"):
         pruner(p, s, step=True)
-    with pytest.raises(TypeError, match="needs a Python int step.*comp.update"):
+    with pytest.raises(TypeError, match="Python int here, got a traced value"):
         jax.jit(lambda t: pruner(p, s, step=t))(3)
     with pytest.raises(ValueError, match="step=-1 must be >= 0"):
         pruner(p, s, step=-1)
     with pytest.raises(TypeError, match="needs a Python int"):
         jax.jit(lambda t: SCHEDULE.due(t))(3)
-    with pytest.raises(ValueError, match="running scores on every step"):
+    with pytest.raises(ValueError, match="may change its state on every step"):
         jp.host_scheduled(jp.movement_pruning(SCHEDULE))
-    with pytest.raises(TypeError, match="pruning compressor of jaxcomp.prune"):
-        jp.host_scheduled(jc.stateless(lambda q: q))
+    no_due = jc.stateless(lambda q: q)._replace(due=None)
+    with pytest.raises(ValueError, match="compressor.due is None"):
+        jp.host_scheduled(no_due)
+    assert jp.host_scheduled(no_due, due=lambda t: t % 4 == 0).due(8)
+    with pytest.raises(TypeError, match="due must be a function"):
+        jp.host_scheduled(comp, due=3)
+    with pytest.raises(TypeError, match="must be a jaxcomp.Compressor"):
+        jp.host_scheduled("magnitude")
     with pytest.raises(TypeError, match="donate must be a bool"):
         jp.host_scheduled(comp, donate=1)
-    assert "HostScheduled(mode='mask'" in repr(pruner)
+    assert repr(pruner) == "HostScheduled(donate=False)"

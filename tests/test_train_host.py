@@ -80,16 +80,19 @@ def test_resumed_fit_keeps_the_schedule():
     assert_same_training(once, resumed)
 
 
-def test_compressor_every_and_schedule_both_gate_the_update():
-    # updates where t % 3 == 0 and the schedule updates (every 2 steps): t = 0, 6, 12
-    # (in-step mode re-zeroes pruned weights only when its update runs, host mode after every
-    # step, so only the schedule is compared here)
+def test_compressor_every_never_skips_a_due_update():
+    # the schedule is due every 2 steps, compressor_every=3 adds t % 3 == 0: the update runs at
+    # 0, 2, 3, 4, 6, 8, 9, 10, 12 and the masks change at the schedule's steps 0, 2, ..., 12
     comp = jp.magnitude_pruning(jp.constant_schedule(0.5, update_every=2), mode="project")
     a, b = run("step", comp, steps=13, every=3), run("host", comp, steps=13, every=3)
     for s in (a, b):
-        assert int(s.compressor_state.count) == 3 and int(s.compressor_state.last_update) == 12
-    k, m = b.params["fc1"]["kernel"], b.compressor_state.masks["fc1"]["kernel"]
-    np.testing.assert_array_equal(np.asarray(k) != 0, np.asarray(m))
+        assert int(s.compressor_state.count) == 7 and int(s.compressor_state.last_update) == 12
+    for s in (a, b):  # both modes project every step: stored pruned weights are exactly zero
+        k, m = s.params["fc1"]["kernel"], s.compressor_state.masks["fc1"]["kernel"]
+        np.testing.assert_array_equal(np.asarray(k) != 0, np.asarray(m))
+    # with compressor_every=100 (the old gate) the schedule's updates still all run
+    c = run("step", comp, steps=13, every=100)
+    assert int(c.compressor_state.count) == 7
 
 
 def test_mask_mode_and_donation():
@@ -132,9 +135,9 @@ def test_errors():
     step = train.make_train_step(loss, TX, compressor=comp, compressor_update="host")
     state = train.TrainState.create(init(jax.random.key(0))["params"], TX, key=jax.random.key(1),
                                     compressor=comp)
-    with pytest.raises(TypeError, match="host_update: t must be an int, got float"):
+    with pytest.raises(TypeError, match="step must be an int, got float"):
         step.host_update(state, 5.0)
-    with pytest.raises(ValueError, match="host_update: t=-1 must be >= 0"):
+    with pytest.raises(ValueError, match="step=-1 must be >= 0"):
         step.host_update(state, -1)
 
 

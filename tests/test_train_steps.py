@@ -243,17 +243,34 @@ def test_masked_gradients_do_not_flow_to_pruned_weights():
         assert np.all(np.asarray(p)[~np.asarray(mk)] == 0)
 
 
+def test_step_projects_every_step_without_keep_compressed():
+    # the step applies compressor.project after every optimizer step, whether or not the
+    # update is due, so weight decay and momentum cannot revive a pruned weight
+    module, params, _ = mlp_setup()
+    comp = threshold_masking(0.3, ste=True)._replace(due=lambda t: t == 0)
+    tx = optax.chain(optax.add_decayed_weights(1e-2), optax.sgd(0.05, momentum=0.9))
+    s = train.TrainState.create(params, tx, key=jax.random.key(0), compressor=comp)
+    step = jax.jit(train.make_train_step(train.supervised_loss(make_apply(module)), tx,
+                                         compressor=comp))
+    for i in range(30):
+        s, _ = step(s, data(seed=i % 7))
+    assert int(s.compressor_state.count) == 1  # the update ran once, at step 0
+    for p, m in zip(jax.tree.leaves(s.params), jax.tree.leaves(s.compressor_state.mask)):
+        assert np.all(np.asarray(p)[~np.asarray(m)] == 0.0)
+
+
 @pytest.mark.parametrize("keep", [True, False])
 def test_keep_compressed_keeps_masked_weights_zero_for_100_steps(keep):
     module, params, _ = mlp_setup()
     comp = threshold_masking(0.3, ste=True)  # dense straight-through gradients reach pruned weights
     base = optax.chain(optax.add_decayed_weights(1e-2), optax.sgd(0.05, momentum=0.9))
     tx = optax.chain(base, train.keep_compressed(comp)) if keep else base
-    s = train.TrainState.create(params, tx, key=jax.random.key(0), compressor=comp)
-    # the compressor's update (which zeroes pruned weights) runs only at step 0: afterwards
-    # only the optimizer chain can keep them at zero
+    # the compressor's update (which zeroes pruned weights) runs only at step 0, and the step's
+    # own projection is switched off: afterwards only the optimizer chain can keep them at zero
+    comp_no_project = comp._replace(project=None, due=lambda t: t == 0)
+    s = train.TrainState.create(params, tx, key=jax.random.key(0), compressor=comp_no_project)
     step = jax.jit(train.make_train_step(
-        train.supervised_loss(make_apply(module)), tx, compressor=comp, compressor_every=10_000))
+        train.supervised_loss(make_apply(module)), tx, compressor=comp_no_project))
     for i in range(100):
         s, _ = step(s, data(seed=i % 7))
     zeros = [np.asarray(p)[~np.asarray(m)] for p, m in

@@ -36,12 +36,21 @@ from jaxcomp.core.leaves import (
     static_field,
 )
 from jaxcomp.core.optax_bridge import KeepCompressedState, keep_compressed
+from jaxcomp.core.scheduling import (
+    CompressionOptimizerState,
+    HostScheduled,
+    compression_optimizer,
+    host_scheduled,
+    project_updates,
+)
 
 __all__ = [
     "Codebook",
     "CompressedLeaf",
+    "CompressionOptimizerState",
     "Compressor",
     "EmptyState",
+    "HostScheduled",
     "InjectHyperparamsState",
     "KeepCompressedState",
     "LeafInfo",
@@ -53,8 +62,10 @@ __all__ = [
     "QArray",
     "chain",
     "compressed_leaf",
+    "compression_optimizer",
     "compression_info",
     "dtype_bits",
+    "host_scheduled",
     "identity",
     "inject_hyperparams",
     "is_compressed",
@@ -68,6 +79,7 @@ __all__ = [
     "params_of",
     "partition",
     "project_params",
+    "project_updates",
     "stateless",
     "target_reached",
     "static_field",

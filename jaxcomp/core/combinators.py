@@ -8,6 +8,7 @@ schedules.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import numbers
 from collections.abc import Callable, Mapping, Sequence
@@ -23,6 +24,7 @@ from jaxcomp.core.base import (
     MaskedNode,
     Params,
     State,
+    never_due,
     project_params,
     validate_compressor,
 )
@@ -67,7 +69,7 @@ def identity() -> Compressor:
         del step, grads, extra
         return params, state
 
-    return Compressor(init, apply, update)
+    return Compressor(init, apply, update, due=never_due)
 
 
 def stateless(fn: Callable[[Params], Params]) -> Compressor:
@@ -98,7 +100,58 @@ def stateless(fn: Callable[[Params], Params]) -> Compressor:
         del step, grads, extra
         return params, state
 
-    return Compressor(init, apply, update)
+    return Compressor(init, apply, update, due=never_due)
+
+
+# ------------------------------------------------------------- due / reached
+
+
+def any_due(dues: Sequence[Any]) -> Any:
+    """The ``due`` of a compressor made of parts: due when any part is due.
+
+    ``None`` (a part due at any step) wins; parts that are never due drop
+    out. For a Python int step the combined function answers in Python.
+
+    Example:
+      >>> d = any_due([lambda t: t % 2 == 0, lambda t: t % 3 == 0])
+      >>> [t for t in range(7) if d(t)]
+      [0, 2, 3, 4, 6]
+    """
+    if any(d is None for d in dues):
+        return None
+    dues = [d for d in dues if d is not never_due]
+    if not dues:
+        return never_due
+    if len(dues) == 1:
+        return dues[0]
+
+    def due(step):
+        outs = [d(step) for d in dues]
+        if all(isinstance(o, (bool, np.bool_)) for o in outs):
+            return any(bool(o) for o in outs)
+        return functools.reduce(jnp.logical_or, [jnp.asarray(o, bool) for o in outs])
+
+    return due
+
+
+def all_reached(parts: Sequence[tuple[Any, Callable[[State], State]]]) -> Any:
+    """The ``reached`` of a compressor made of parts: reached when every part is.
+
+    Args:
+      parts: ``(reached_fn_or_None, state -> part_state)`` pairs.
+
+    Returns:
+      ``reached(state)`` or ``None`` when no part has a target.
+    """
+    parts = [(r, get) for r, get in parts if r is not None]
+    if not parts:
+        return None
+
+    def reached(state):
+        outs = [jnp.asarray(r(get(state)), bool) for r, get in parts]
+        return functools.reduce(jnp.logical_and, outs)
+
+    return reached
 
 
 # ---------------------------------------------------------------------------- chain
@@ -192,7 +245,8 @@ def _chain(compressors: Sequence[Compressor], names: Sequence[str], as_dict: boo
                 params = project_params(c, params, s)
             return params
 
-    return Compressor(init, apply, update, project)
+    reached = all_reached([(c.reached, lambda st, i=i: states_of(st)[i]) for i, c in enumerate(cs)])
+    return Compressor(init, apply, update, project, any_due([c.due for c in cs]), reached)
 
 
 def chain(*compressors: Compressor) -> Compressor:
@@ -335,7 +389,8 @@ def masked(compressor: Compressor, where: Where, *, allow_empty: bool = False) -
             new = compressor.project(mask_tree(flags, params), state.inner_state)
             return _merge(flags, new, params)
 
-    return Compressor(init, apply, update, project)
+    reached = all_reached([(compressor.reached, lambda st: st.inner_state)])
+    return Compressor(init, apply, update, project, compressor.due, reached)
 
 
 def _labels_for(labels: Any, params: Params) -> Any:
@@ -436,7 +491,8 @@ def partition(compressors: Mapping[str, Compressor], labels: Any) -> Compressor:
                     out = _merge(flags[k], new, out)
             return out
 
-    return Compressor(init, apply, update, project)
+    reached = all_reached([(c.reached, lambda st, k=k: st.inner_states[k]) for k, c in cs.items()])
+    return Compressor(init, apply, update, project, any_due([c.due for c in cs.values()]), reached)
 
 
 # ---------------------------------------------------------------- inject_hyperparams
@@ -461,6 +517,7 @@ def inject_hyperparams(
     factory: Callable[..., Compressor],
     *,
     static_args: Sequence[str] = ("where",),
+    due: Any = "inner",
 ) -> Callable[..., Compressor]:
     """Makes a factory's numeric hyperparameters live in the state.
 
@@ -470,9 +527,20 @@ def inject_hyperparams(
     Strings, bools, selectors and the names in ``static_args`` stay static.
     The factory must accept array-valued hyperparameters.
 
+    The injected compressor's ``due`` is, by default, that of the compressor
+    the factory builds from the initial hyperparameter values (for a pruner:
+    its schedule's update steps); the hyperparameters recorded in the state
+    are refreshed on those steps. Pass ``due=`` explicitly when a
+    hyperparameter changes the update steps themselves, or ``due=None`` to
+    have loops run ``update`` on every step. ``reached`` is the inner
+    compressor's, evaluated with the state's hyperparameters.
+
     Args:
       factory: a compressor factory, e.g. a pruning or quantization factory.
       static_args: argument names never injected even when callable/numeric.
+      due: ``"inner"`` (default: the built compressor's ``due``), ``None``
+        (every step) or a function ``step -> bool`` (see
+        :class:`~jaxcomp.Compressor`).
 
     Returns:
       A function with the factory's signature that builds the injected
@@ -491,6 +559,10 @@ def inject_hyperparams(
     """
     if not callable(factory):
         raise TypeError("inject_hyperparams expects a compressor factory")
+    if not (due is None or callable(due) or (isinstance(due, str) and due == "inner")):
+        raise TypeError(
+            f"inject_hyperparams: due must be 'inner', None or a function step -> bool, got {due!r}"
+        )
     sig = inspect.signature(factory)
 
     def wrapped(*args, **kwargs) -> Compressor:
@@ -540,7 +612,15 @@ def inject_hyperparams(
         def project(params, state):
             return project_params(build(state.hyperparams), params, state.inner_state)
 
-        return Compressor(init, apply, update, project)
+        first = build(values_at(0))
+        reached = None
+        if first.reached is not None:
+
+            def reached(state):
+                return build(state.hyperparams).reached(state.inner_state)
+
+        return Compressor(init, apply, update, project,
+                          first.due if isinstance(due, str) else due, reached)
 
     wrapped.__name__ = f"injected_{getattr(factory, '__name__', 'factory')}"
     wrapped.__doc__ = factory.__doc__

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import jax
-import jax.numpy as jnp
 import optax
 
-from jaxcomp.core.base import Compressor, project_params, validate_compressor
+from jaxcomp.core.base import Compressor, validate_compressor
+from jaxcomp.core.scheduling import project_updates
 
 __all__ = ["KeepCompressedState", "keep_compressed"]
 
@@ -80,12 +79,7 @@ def keep_compressed(compressor: Compressor) -> optax.GradientTransformationExtra
                 "keep_compressed needs the compressor state: call tx.update(grads, opt_state, "
                 "params, compressor_state=cstate)"
             )
-        new = optax.apply_updates(params, updates)
-        projected = project_params(compressor, new, compressor_state)
-        fixed = jax.tree_util.tree_map(
-            lambda target, p, u, n: jnp.where(target == n, u, target - p).astype(u.dtype),
-            projected, params, updates, new,
-        )
+        fixed = project_updates(compressor, updates, params, compressor_state)
         return fixed, state
 
     return optax.GradientTransformationExtraArgs(init, update)

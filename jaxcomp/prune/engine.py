@@ -18,9 +18,10 @@ allocation, pattern, schedule) plus a *mode* for the forward view
   view is masked either way); in project mode they are re-zeroed with the
   current masks on every step, a select that XLA fuses into the optimizer's
   update.
-* the masks-only variant of ``update`` (:func:`mask_refresh`) serves
-  :func:`jaxcomp.prune.pruning_optimizer`, which scores on the params a step
-  starts from and projects inside the optimizer's update.
+* ``due(step)`` is the schedule's update check (``None`` for scores that
+  accumulate on every step), so loops run ``update`` only when it changes
+  something; ``reached(state)`` says whether the schedule's final sparsity is
+  in effect.
 * ``project(params, state)`` (mask and project modes) zeros pruned stored
   weights; with
   :func:`jaxcomp.keep_compressed` last in an optax chain it keeps them exactly
@@ -35,16 +36,15 @@ densities to :func:`jaxcomp.metrics.analyze`.
 from __future__ import annotations
 
 import copy
-import weakref
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxcomp.core.base import Compressor, MaskedNode, validate_compressor
+from jaxcomp.core.base import Compressor, MaskedNode
 from jaxcomp.core.errors import list_paths
 from jaxcomp.core.info import LeafInfo
 from jaxcomp.prune.masks import MaskConfig, _check_leaf, compute_keep, default_where
@@ -55,8 +55,7 @@ from jaxcomp.prune.threshold import _is_tracer, check_finite
 from jaxcomp.select.paths import is_leaf, leaves_with_paths, path_str
 from jaxcomp.select.selectors import resolve
 
-__all__ = ["PruningParts", "Selection", "build_pruning", "mask_refresh", "masks_info",
-           "pruning_parts"]
+__all__ = ["Selection", "build_pruning", "masks_info"]
 
 # scorer(selection, selected_grads | None, extra, state, accumulated | None)
 #   -> list of score arrays, one per selected leaf
@@ -211,7 +210,7 @@ def build_pruning(
         ms = sel.masks_of(state.masks)
         return sel.rebuild([mask_view(w, m, mode, decay) for w, m in zip(sel.sel_leaves, ms)])
 
-    def run_update(params, state, step, grads, extra, weights: bool):
+    def update(params, state, *, step, grads=None, **extra):
         sel, pm = select(params)
         ms = sel.masks_of(state.masks)
         leaves = sel.sel_leaves
@@ -225,7 +224,7 @@ def build_pruning(
             acc = accumulate(leaves, g, sel.masks_of(state.scores))
             fields["scores"] = sel.masks_tree(acc)
 
-        if weights and mode == "project":
+        if mode == "project":
             # The optimizer moved the pruned weights: zero them with the current masks. XLA
             # fuses this select into the optimizer's update of the same weights (the masks are
             # inputs of the step), so it costs no pass of its own.
@@ -233,7 +232,7 @@ def build_pruning(
         # mask and project modes route the weights through the cond: the untaken branch
         # passes them through without a copy, and the update branch scores the weights as
         # they are stored and zeros the newly pruned ones (one pass, on update steps only).
-        carried = weights and mode in ("mask", "project")
+        carried = mode in ("mask", "project")
 
         def recompute(ws):
             scores = scorer(sel.with_selected(ws) if carried else sel, g, extra, state, acc)
@@ -264,13 +263,6 @@ def build_pruning(
             params = sel.rebuild(new_leaves)
         return params, new_state
 
-    def update(params, state, *, step, grads=None, **extra):
-        return run_update(params, state, step, grads, extra, weights=True)
-
-    def refresh(params, state, *, step, grads=None, **extra):
-        # New scores and masks only: the stored weights are left to the caller.
-        return run_update(params, state, step, grads, extra, weights=False)[1]
-
     project = None
     if mode in ("mask", "project"):
 
@@ -279,58 +271,23 @@ def build_pruning(
             ms = sel.masks_of(state.masks)
             return sel.rebuild([masked_weight(w, m) for w, m in zip(sel.sel_leaves, ms)])
 
-    comp = Compressor(init, apply, update, project)
-    _REFRESH[update] = PruningParts(refresh, mode, schedule, accumulate is not None, name)
-    return comp
+    due = None  # scores that accumulate change the state on every step
+    if accumulate is None:
 
+        def due(step):
+            if isinstance(step, (jax.Array, jax.core.Tracer)):
+                return schedule.is_update_step(step)
+            return schedule.due(step)
 
-class PruningParts(NamedTuple):
-    """What the wrappers of a pruning compressor need to know about it.
+    reached = None
+    if schedule.final is not None:
+        final = np.float32(schedule.final)
 
-    Attributes:
-      refresh: ``refresh(params, state, *, step, grads=None, **extra) ->
-        state`` does what ``update`` does to the state (scores, masks on
-        update steps) and leaves the weights alone.
-      mode: the compressor's mode (:data:`jaxcomp.prune.ste.MODES`).
-      schedule: its :class:`~jaxcomp.prune.schedules.Schedule`.
-      accumulates: whether ``update`` adds to running scores on every step.
-      name: the constructor's name, for messages.
-    """
+        def reached(state):
+            # the sparsity in effect at the last mask update is the schedule's final one
+            return state.sparsity >= final
 
-    refresh: Callable
-    mode: str
-    schedule: Schedule
-    accumulates: bool
-    name: str
-
-
-# update function of a pruning compressor -> its PruningParts; read by
-# jaxcomp.prune.pruning_optimizer and jaxcomp.prune.host_scheduled.
-_REFRESH: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def mask_refresh(compressor: Compressor) -> PruningParts | None:
-    """The :class:`PruningParts` of a compressor built here, else ``None``."""
-    try:
-        return _REFRESH.get(compressor.update)
-    except TypeError:  # not weak-referenceable: not one of ours
-        return None
-
-
-def pruning_parts(compressor: Any, who: str, otherwise: str) -> PruningParts:
-    """The :class:`PruningParts` of ``compressor``; ``TypeError`` if it is not built here.
-
-    ``who`` names the caller in the message, ``otherwise`` says what to do
-    with other compressors.
-    """
-    parts = mask_refresh(validate_compressor(compressor, f"{who}(compressor)"))
-    if parts is None:
-        raise TypeError(
-            f"{who}: compressor must be a pruning compressor of jaxcomp.prune "
-            "(magnitude_pruning, random_pruning, saliency_pruning, movement_pruning, "
-            f"obd_pruning); {otherwise}"
-        )
-    return parts
+    return Compressor(init, apply, update, project, due, reached)
 
 
 def nm_sparsity_check(pattern: Any, sparsity: Any, name: str) -> None:

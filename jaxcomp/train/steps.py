@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxcomp.core.base import Compressor, validate_compressor
+from jaxcomp.core.base import Compressor, never_due, update_due, validate_compressor
 from jaxcomp.train.losses import LossFn, batch_mask
 from jaxcomp.train.state import TrainState
 
@@ -103,7 +103,7 @@ def make_train_step(
     tx: optax.GradientTransformation,
     *,
     compressor: Compressor | None = None,
-    compressor_every: int = 1,
+    compressor_every: int | None = None,
     compressor_update: str = "step",
     accumulate: int = 1,
     compute_dtype: Any = None,
@@ -126,29 +126,33 @@ def make_train_step(
        compressor_state=...)`` (the keyword only with a compressor, so
        :func:`jaxcomp.keep_compressed` can sit last in an ``optax.chain``) and
        ``optax.apply_updates``;
-    5. with a compressor, ``compressor.update(params, cstate, step=step,
-       grads=grads)`` when ``step % compressor_every == 0``, under
-       ``lax.cond`` (no recompilation); ``step`` is the index of the step being
-       taken (0 for the first), before the increment. With
-       ``compressor_update="host"`` the step only applies
-       ``compressor.project`` (fixed masks, fused into the optimizer's
-       update) and the Python loop runs the update: see below;
+    5. with a compressor: ``compressor.project`` (the constraint the stored
+       params keep between updates, if any) on the new params, then
+       ``compressor.update(params, cstate, step=step, grads=grads)`` on the
+       steps where it is due (``compressor.due(step)``; every step when the
+       compressor has no ``due``), under ``lax.cond`` (no recompilation);
+       ``step`` is the index of the step being taken (0 for the first), before
+       the increment. ``compressor_every=k`` adds every ``k``-th step to the
+       due ones (it never skips a due update). With
+       ``compressor_update="host"`` the step only applies ``project`` and the
+       Python loop runs the update: see below;
     6. increments ``state.step``.
 
-    ``compressor_update="host"`` moves the decision "is this an update
-    step?" to the host, so the compiled step holds no ``lax.cond``: on a
-    small memory-bound model that ``cond`` costs a few percent of every step
+    ``compressor_update="host"`` moves the decision "is the update due?" to
+    the host, so the compiled step holds no ``lax.cond``: on a small
+    memory-bound model that ``cond`` costs a few percent of every step
     (``benchmarks/prune_train_step.py``). The returned step then has
     ``step.host_update(state, t) -> state``, which :func:`~jaxcomp.train.fit`
-    calls after every step (``t``: the index of the step just taken). It
-    runs a separately compiled ``compressor.update(params, cstate, step=t)``
-    when ``t % compressor_every == 0`` and, for pruning compressors of
-    :mod:`jaxcomp.prune`, when the sparsity schedule updates masks at ``t``
-    (:meth:`~jaxcomp.prune.Schedule.due`); between updates nothing runs.
-    The step's projection runs on every step whatever ``compressor_every``
-    is (in ``"step"`` mode a ``project``-mode compressor re-zeroes only when
-    its update runs). The update gets no ``grads``: use it for scores computed from the params
-    (magnitude, random), not for gradient scores (saliency, movement, RigL).
+    calls after every step (``t``: the index of the step just taken). It runs
+    a separately compiled ``compressor.update(params, cstate, step=t)`` on the
+    same steps as above, decided in plain Python
+    (:func:`jaxcomp.core.base.update_due`); between updates nothing runs. The
+    update gets no ``grads``: use it for updates computed from the params
+    (magnitude, random scores, calibration on weights), not for gradient
+    scores (saliency, movement, RigL).
+
+    The returned step also carries ``step.compressor`` (for model selection:
+    :func:`jaxcomp.core.base.target_reached`) and ``step.donate``.
 
     Args:
       loss_fn: ``loss_fn(params, model_state, batch, rng) -> (loss,
@@ -157,7 +161,8 @@ def make_train_step(
         ``optax.with_extra_args_support``.
       compressor: optional compressor; the state's ``compressor_state`` must
         come from its ``init``.
-      compressor_every: run ``compressor.update`` every this many steps.
+      compressor_every: also run ``compressor.update`` every this many steps
+        (``None``: only when it is due).
       compressor_update: ``"step"`` (inside the compiled step, under
         ``lax.cond``) or ``"host"`` (by the loop through ``step.host_update``;
         see above).
@@ -178,8 +183,8 @@ def make_train_step(
 
     Raises:
       TypeError: if ``loss_fn``, ``tx`` or ``compressor`` has the wrong type.
-      ValueError: if ``compressor_every`` or ``accumulate`` is not a positive
-        int, ``compressor_update`` is not ``"step"``/``"host"`` (or is
+      ValueError: if ``compressor_every`` (when given) or ``accumulate`` is
+        not a positive int, ``compressor_update`` is not ``"step"``/``"host"`` (or is
         ``"host"`` without a compressor), or (when traced) the batch size is
         not divisible by ``accumulate``.
 
@@ -211,7 +216,8 @@ def make_train_step(
         )
     if compressor is not None:
         compressor = validate_compressor(compressor, "make_train_step(compressor=)")
-    every = _check_positive_int("make_train_step: compressor_every", compressor_every)
+    every = (None if compressor_every is None
+             else _check_positive_int("make_train_step: compressor_every", compressor_every))
     if compressor_update not in ("step", "host"):
         raise ValueError(
             f"make_train_step: compressor_update={compressor_update!r} must be 'step' or 'host'"
@@ -300,15 +306,17 @@ def make_train_step(
                 p2, c2 = compressor.update(p, c, step=state.step, grads=grads)
                 return _match_dtypes(p2, p), _match_dtypes(c2, c)
 
-            if on_host:  # fixed masks here; step.host_update changes them
-                if compressor.project is not None:
-                    new_params = _match_dtypes(compressor.project(new_params, cstate), params)
-            elif every == 1:
+            if compressor.project is not None:  # the constraint between updates
+                new_params = _match_dtypes(compressor.project(new_params, cstate), params)
+            due = _due_in_step(compressor, every)
+            if on_host or due is never_due:
+                pass  # step.host_update runs the update, or there is none to run
+            elif due is None:
                 new_params, cstate = run_update((new_params, cstate))
             else:
                 try:
                     new_params, cstate = jax.lax.cond(
-                        state.step % every == 0, run_update, lambda o: o, (new_params, cstate)
+                        due(state.step), run_update, lambda o: o, (new_params, cstate)
                     )
                 except TypeError as e:
                     raise TypeError(
@@ -327,20 +335,27 @@ def make_train_step(
         return new_state, metrics
 
     step.donate = bool(donate)
+    step.compressor = compressor
     if on_host:
         step.host_update = _host_updater(compressor, every, bool(donate))
     return step
 
 
-def _host_updater(compressor: Compressor, every: int,
+def _due_in_step(compressor: Compressor, every: int | None) -> Callable[[Any], Any] | None:
+    """The traced update check of the step: ``None`` means every step."""
+    due = compressor.due
+    if every == 1:
+        return None
+    if every is None:
+        return due
+    if due is None:
+        return lambda t: t % every == 0
+    return lambda t: (t % every == 0) | jnp.asarray(due(t), bool)
+
+
+def _host_updater(compressor: Compressor, every: int | None,
                   donate: bool) -> Callable[[TrainState, int], TrainState]:
     """``host_update(state, t)``: ``compressor.update`` at step ``t`` when it is due."""
-    from jaxcomp.prune.engine import mask_refresh  # the only uses of jaxcomp.prune here
-    from jaxcomp.prune.schedules import _check_step
-
-    parts = mask_refresh(compressor)
-    # a pruning schedule says which steps change masks; scores that accumulate need them all
-    schedule = parts.schedule if parts is not None and not parts.accumulates else None
 
     def run(params, cstate, t):
         p2, c2 = compressor.update(params, cstate, step=t)
@@ -349,8 +364,8 @@ def _host_updater(compressor: Compressor, every: int,
     run = jax.jit(run, donate_argnums=(0, 1) if donate else ())
 
     def host_update(state: TrainState, t: int) -> TrainState:
-        t = _check_step("host_update: t", t)  # the index of the step just taken, an int
-        if t % every != 0 or (schedule is not None and not schedule.due(t)):
+        due = update_due(compressor, t)  # validates t: the index of the step just taken
+        if not (due or (every is not None and t % every == 0)):
             return state
         params, cstate = run(state.params, state.compressor_state, np.int32(t))
         return state.replace(params=params, compressor_state=cstate)
