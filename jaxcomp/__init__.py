@@ -4,10 +4,12 @@ Pure functions over parameter pytrees: pruning, quantization, factorization,
 structured matrices, distillation and compression-aware cost accounting.
 """
 
-from jaxcomp import data, distill, encode, metrics, models, prune, select, train
+from jaxcomp import data, distill, encode, metrics, models, parallel, prune, select, train
 from jaxcomp.core import *
 from jaxcomp.core import __all__ as _core_all
 
 __version__ = "0.1.0"
-__all__ = ["data", "distill", "encode", "metrics", "models", "prune", "select", "train"]
+__all__ = [
+    "data", "distill", "encode", "metrics", "models", "parallel", "prune", "select", "train"
+]
 __all__.extend(_core_all)

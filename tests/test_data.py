@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxcomp import data, train
+from jaxcomp import data, parallel
 
 
 def _rows(a):
@@ -198,15 +198,21 @@ def test_batches_errors():
         data.batches(x, np.zeros(10), 4, key=jax.random.key(0), drop_last=True, pad_last=True)
     with pytest.raises(ValueError, match="reserved"):
         data.batches(x, np.zeros(10), 4, key=jax.random.key(0), extras={"mask": np.zeros(10)})
-    mesh = train.make_mesh()
+    mesh = parallel.make_mesh()
     with pytest.raises(ValueError, match="not divisible by the 8 devices"):
         data.batches(x, np.zeros(10), 4, key=jax.random.key(0), mesh=mesh)
+    with pytest.raises(ValueError, match="batches: the mesh has no axis 'batch'"):
+        data.batches(x, np.zeros(10), 8, key=jax.random.key(0), mesh=mesh, axis="batch")
+    with pytest.raises(TypeError, match="batches: mesh must be a jax.sharding.Mesh"):
+        data.batches(x, np.zeros(10), 8, key=jax.random.key(0), mesh="data")
+    with pytest.raises(TypeError, match=r"batches\(key=\) must be a PRNG key"):
+        data.batches(x, np.zeros(10), 4, key=7)
     with pytest.raises(TypeError, match="forever"):
         len(data.batches(x, np.zeros(10), 4, key=jax.random.key(0)))
 
 
 def test_sharded_batches_on_8_device_mesh():
-    mesh = train.make_mesh({"data": -1})
+    mesh = parallel.make_mesh({"data": -1})
     ds = data.synthetic(n_train=40, n_test=8)
     it = data.batches(ds.x_train, ds.y_train, 16, key=jax.random.key(0), epochs=1, mesh=mesh,
                       pad_last=True)

@@ -24,6 +24,7 @@ from jaxcomp.core.combinators import (
 )
 from jaxcomp.core.flax_utils import NnxDef, nnx_merge, nnx_split, params_of, unbox
 from jaxcomp.core.info import LeafInfo, compression_info
+from jaxcomp.core.keys import check_key, is_prng_key
 from jaxcomp.core.leaves import (
     Codebook,
     CompressedLeaf,
@@ -61,6 +62,7 @@ __all__ = [
     "PartitionState",
     "QArray",
     "chain",
+    "check_key",
     "compressed_leaf",
     "compression_optimizer",
     "compression_info",
@@ -69,6 +71,7 @@ __all__ = [
     "identity",
     "inject_hyperparams",
     "is_compressed",
+    "is_prng_key",
     "keep_compressed",
     "masked",
     "materialize",

@@ -17,6 +17,9 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxcomp.core.keys import check_key
+from jaxcomp.parallel.mesh import mesh_axis_size, shard_batch
+
 __all__ = ["Batches", "batches"]
 
 
@@ -101,8 +104,6 @@ class Batches:
             mask[:real] = 1.0
             batch["mask"] = mask
         if self._mesh is not None:
-            from jaxcomp.train.mesh import shard_batch
-
             batch = shard_batch(batch, self._mesh, self._axis)
         return batch
 
@@ -182,8 +183,6 @@ def batches(
         if key is None:
             raise ValueError("batches: shuffle=True needs key= (a PRNG key such as "
                              "jax.random.key(0)); or pass shuffle=False")
-        from jaxcomp.train.state import check_key
-
         key = check_key(key, "batches(key=)")
     arrays = {"x": np.asarray(x)}
     if y is not None:
@@ -205,10 +204,7 @@ def batches(
             "drops the only (partial) batch; use a smaller batch_size or drop_last=False"
         )
     if mesh is not None:
-        from jaxcomp.train.mesh import _check_axis
-
-        _check_axis(mesh, axis, "batches")
-        d = mesh.shape[axis]
+        d = mesh_axis_size(mesh, axis, "batches")
         if batch_size % d:
             raise ValueError(
                 f"batches: batch_size={batch_size} is not divisible by the {d} devices of mesh "

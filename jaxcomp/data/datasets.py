@@ -22,7 +22,10 @@ import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import jax
 import numpy as np
+
+from jaxcomp.core.keys import check_key, is_prng_key
 
 __all__ = [
     "Dataset",
@@ -319,10 +322,6 @@ def digits(*, layout: str = "flat", normalize: bool = False) -> Dataset:
 def _key_seed(key: Any) -> np.random.Generator:
     if key is None:
         return np.random.default_rng(0)
-    import jax
-
-    from jaxcomp.train.state import check_key, is_prng_key
-
     key = check_key(key, "synthetic(key=)")
     data = jax.random.key_data(key) if is_prng_key(key) else key
     return np.random.default_rng(np.asarray(data, np.uint32).tolist())

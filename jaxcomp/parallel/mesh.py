@@ -10,7 +10,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-__all__ = ["batch_sharding", "make_mesh", "replicate", "shard_batch"]
+__all__ = ["batch_sharding", "make_mesh", "mesh_axis_size", "replicate", "shard_batch"]
 
 
 def make_mesh(
@@ -63,17 +63,41 @@ def make_mesh(
     return Mesh(np.asarray(devices, dtype=object).reshape(sizes), tuple(axes))
 
 
-def _check_axis(mesh: Mesh, axis: str, what: str) -> None:
+def mesh_axis_size(mesh: Mesh, axis: str = "data", what: str = "mesh_axis_size") -> int:
+    """The number of devices along one named axis of a mesh, after checking both.
+
+    Args:
+      mesh: the mesh (see :func:`make_mesh`).
+      axis: the name of one of its axes.
+      what: the caller's name, used in error messages.
+
+    Returns:
+      ``mesh.shape[axis]``.
+
+    Raises:
+      TypeError: if ``mesh`` is not a ``jax.sharding.Mesh``.
+      ValueError: if the mesh has no axis ``axis``.
+
+    Example:
+      >>> mesh_axis_size(make_mesh({"data": -1})) == len(jax.devices())
+      True
+    """
     if not isinstance(mesh, Mesh):
         raise TypeError(f"{what}: mesh must be a jax.sharding.Mesh (see make_mesh), got "
                         f"{type(mesh).__name__}")
-    if axis not in mesh.axis_names:
-        raise ValueError(f"{what}: the mesh has no axis '{axis}'; its axes are {mesh.axis_names}")
+    if not isinstance(axis, str) or axis not in mesh.axis_names:
+        raise ValueError(f"{what}: the mesh has no axis {axis!r}; its axes are {mesh.axis_names}")
+    return int(mesh.shape[axis])
 
 
 def batch_sharding(mesh: Mesh, axis: str = "data") -> NamedSharding:
-    """The sharding that splits the leading (batch) axis over ``axis``."""
-    _check_axis(mesh, axis, "batch_sharding")
+    """The sharding that splits the leading (batch) axis over ``axis``.
+
+    Example:
+      >>> batch_sharding(make_mesh()).spec == jax.sharding.PartitionSpec("data")
+      True
+    """
+    mesh_axis_size(mesh, axis, "batch_sharding")
     return NamedSharding(mesh, PartitionSpec(axis))
 
 
@@ -98,8 +122,7 @@ def shard_batch(batch: Any, mesh: Mesh, axis: str = "data") -> Any:
       >>> b["x"].sharding.spec == jax.sharding.PartitionSpec("data")
       True
     """
-    _check_axis(mesh, axis, "shard_batch")
-    n = mesh.shape[axis]
+    n = mesh_axis_size(mesh, axis, "shard_batch")
     sharding = NamedSharding(mesh, PartitionSpec(axis))
 
     def put(path, a):

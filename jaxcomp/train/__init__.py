@@ -13,15 +13,16 @@ The pieces follow one interface (shared with :mod:`jaxcomp.distill` and
   :func:`fit` is the ready-made loop (the only place here that jits).
 
 Checkpoints (:func:`save_checkpoint`, :func:`restore_checkpoint`,
-:func:`latest_step`) use orbax and verify what they read; :mod:`.mesh` has
-data-parallel helpers.
+:func:`latest_step`) use orbax and verify what they read; the data-parallel
+helpers (:func:`make_mesh`, :func:`shard_batch`, :func:`replicate`) live in
+:mod:`jaxcomp.parallel` and are re-exported here.
 """
 
 from jaxcomp.core.optax_bridge import keep_compressed
+from jaxcomp.parallel import batch_sharding, make_mesh, replicate, shard_batch
 from jaxcomp.train.checkpoint import all_steps, latest_step, restore_checkpoint, save_checkpoint
 from jaxcomp.train.loop import EarlyStopping, fit
 from jaxcomp.train.losses import LossFn, batch_mask, masked_mean, supervised_loss
-from jaxcomp.train.mesh import batch_sharding, make_mesh, replicate, shard_batch
 from jaxcomp.train.progress import format_metrics
 from jaxcomp.train.state import TrainState
 from jaxcomp.train.steps import (

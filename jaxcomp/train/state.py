@@ -11,34 +11,9 @@ import jax.numpy as jnp
 import optax
 
 from jaxcomp.core.base import Compressor, validate_compressor
+from jaxcomp.core.keys import check_key, is_prng_key
 
 __all__ = ["TrainState", "check_key", "is_prng_key"]
-
-
-def is_prng_key(x: Any) -> bool:
-    """True for a typed PRNG key array (``jax.random.key``), including abstract ones."""
-    dtype = getattr(x, "dtype", None)
-    return dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key)
-
-
-def check_key(key: Any, what: str = "key") -> jax.Array:
-    """Validates a PRNG key: a typed key (``jax.random.key``) or a raw ``uint32[2]`` key.
-
-    Raises:
-      TypeError: naming ``what`` if ``key`` is neither.
-    """
-    if is_prng_key(key):
-        if getattr(key, "shape", ()) != ():
-            raise TypeError(f"{what} must be a single PRNG key, got a key array of shape {key.shape}")
-        return key
-    shape = getattr(key, "shape", None)
-    dtype = getattr(key, "dtype", None)
-    if shape == (2,) and dtype == jnp.uint32:
-        return key
-    raise TypeError(
-        f"{what} must be a PRNG key such as jax.random.key(0), got {type(key).__name__}"
-        + (f" of shape {shape} and dtype {dtype}" if shape is not None else "")
-    )
 
 
 @dataclasses.dataclass(frozen=True)
