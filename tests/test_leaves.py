@@ -142,3 +142,102 @@ def test_custom_leaf_type_and_decorator_check():
         @jc.compressed_leaf
         class NotALeaf:
             x: int
+
+
+def _code_range(dtype, bits):
+    """The codes a `bits`-wide field holds: every bit pattern, read as two's complement
+    for a signed dtype and as a plain binary number for an unsigned one."""
+    signed = np.issubdtype(np.dtype(dtype), np.signedinteger)
+    codes = [p - 2**bits if signed and p >= 2 ** (bits - 1) else p for p in range(2**bits)]
+    return min(codes), max(codes)
+
+
+@given(
+    dtype=st.sampled_from([np.int8, np.uint8, np.int16, np.uint16, np.int32]),
+    bits=st.integers(1, 8),
+    code=st.integers(-300, 300),
+)
+def test_qarray_accepts_exactly_the_codes_that_fit(dtype, bits, code):
+    info = np.iinfo(dtype)
+    if not info.min <= code <= info.max:
+        return
+    lo, hi = _code_range(dtype, bits)
+    values = np.array([0, code], dtype)
+    if lo <= code <= hi:
+        q = jc.QArray(values, np.float32(1), np.int8(0), bits=bits)
+        # storage is honest: packing each code into `bits` bits and unpacking it gives it back
+        packed = values.astype(np.int64) & (2**bits - 1)
+        unpacked = packed - (packed >> (bits - 1) << bits) if lo < 0 else packed
+        np.testing.assert_array_equal(unpacked, values)
+        assert q.storage_bits() == 2 * bits + 32 + 8
+    else:
+        with pytest.raises(ValueError, match=f"outside the .*{bits}-bit range \\[{lo}, {hi}\\]"):
+            jc.QArray(values, np.float32(1), np.int8(0), bits=bits)
+
+
+@pytest.mark.parametrize(
+    "values,bits,msg",
+    [
+        (jnp.array([-9, 0, 7], jnp.int8), 4, r"codes in \[-9, 7\], outside the signed 4-bit"),
+        (jnp.array([0, 16], jnp.uint8), 4, r"codes in \[0, 16\], outside the unsigned 4-bit"),
+        (jnp.array([200], jnp.int32), 8, r"unsigned dtype such as uint8"),
+        (jnp.array([-1], jnp.int8), 1, None),  # -1 is the one negative 1-bit signed code
+        (jnp.array([1], jnp.int8), 1, r"signed 1-bit range \[-1, 0\]"),
+    ],
+)
+def test_qarray_rejects_codes_outside_bits(values, bits, msg):
+    if msg is None:
+        assert jc.QArray(values, jnp.float32(1), jnp.int8(0), bits=bits).storage_bits() == 1 + 40
+        return
+    with pytest.raises(ValueError, match=msg):
+        jc.QArray(values, jnp.float32(1), jnp.int8(0), bits=bits)
+
+
+def test_qarray_rejects_non_integer_codes_and_bits_wider_than_dtype():
+    with pytest.raises(TypeError, match="values must hold integer codes, got dtype float32"):
+        jc.QArray(jnp.array([0.5, 1.0]), jnp.float32(1), jnp.int8(0), bits=4)
+    with pytest.raises(TypeError, match="integer codes, got dtype bool"):
+        jc.QArray(np.array([True, False]), jnp.float32(1), jnp.int8(0), bits=1)
+    with pytest.raises(ValueError, match="bits=16 exceeds the 8 bits of values' dtype int8"):
+        jc.QArray(jnp.array([1], jnp.int8), jnp.float32(1), jnp.int8(0), bits=16)
+    with pytest.raises(ValueError, match="bits must be an int"):
+        jc.QArray(jnp.array([1], jnp.int8), jnp.float32(1), jnp.int8(0), bits=4.0)
+
+
+def test_qarray_concrete_constant_is_checked_inside_jit():
+    bad = jnp.array([100], jnp.int8)  # a concrete array closed over by the traced function
+    with pytest.raises(ValueError, match="outside the signed 4-bit range"):
+        jax.jit(lambda s: jc.QArray(bad, s, jnp.int8(0), bits=4).materialize())(jnp.float32(1))
+
+
+def test_qarray_under_tracing_is_unchecked_and_does_not_crash():
+    # Traced codes cannot be inspected: construction succeeds and materialize is the affine map.
+    f = jax.jit(lambda v: jc.QArray(v, jnp.float32(0.5), jnp.int8(1), bits=4).materialize())
+    np.testing.assert_allclose(f(jnp.array([100, 2], jnp.int8)), [49.5, 0.5])
+    q = jc.QArray(jnp.array([-8, 7], jnp.int8), jnp.float32(0.5), jnp.int8(0), bits=4)
+    np.testing.assert_allclose(jax.jit(jc.materialize)(q), [-4.0, 3.5])
+    # grad with allow_int gives float0 codes; vmap and tree utilities rebuild the leaf freely
+    g = jax.grad(lambda t: jc.materialize(t).sum(), allow_int=True)(q)
+    assert g.values.dtype == jax.dtypes.float0 and float(g.scale) == pytest.approx(-1.0)
+    batched = jc.QArray(jnp.array([[1, 2], [3, 4]], jnp.int8), jnp.ones((2, 1)), jnp.zeros((2, 1)),
+                        bits=4)
+    assert jax.vmap(lambda t: t.materialize().sum())(batched).tolist() == [3.0, 7.0]
+    assert jax.tree.leaves(jax.tree.map(lambda _: True, q)) == [True, True, True]
+
+
+@pytest.mark.parametrize("indices", [[0, 3], [-1, 0], [[0, 1], [2, 7]]])
+def test_codebook_rejects_out_of_range_indices(indices):
+    cent = jnp.array([-1.0, 0.0, 2.0])
+    with pytest.raises(ValueError, match=r"there are 3 centroids, so every index must lie in \[0, 2\]"):
+        jc.Codebook(cent, jnp.array(indices))
+    with pytest.raises(ValueError, match="3 centroids"):
+        jc.Codebook(cent, np.array(indices, np.int64))
+    ok = jc.Codebook(cent, jnp.array([2, 0, 1]))  # the boundary index k - 1 is fine
+    assert ok.materialize().tolist() == [2.0, -1.0, 0.0]
+
+
+def test_codebook_under_jit_follows_take():
+    cent = jnp.array([-1.0, 0.0, 2.0])
+    f = jax.jit(lambda i: jc.Codebook(cent, i).materialize())
+    out = np.asarray(f(jnp.array([0, -1, 3, -4])))
+    assert out[:2].tolist() == [-1.0, 2.0] and np.isnan(out[2:]).all()

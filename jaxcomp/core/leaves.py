@@ -93,6 +93,28 @@ def _num_bits_for(n: int) -> int:
     return max(1, math.ceil(math.log2(n))) if n > 1 else 1
 
 
+def _is_concrete(x: Any) -> bool:
+    """Whether the values of ``x`` can be read now (not a tracer or an abstract shape)."""
+    if isinstance(x, (np.ndarray, np.generic)):
+        return True
+    return (
+        isinstance(x, jax.Array)
+        and not isinstance(x, jax.core.Tracer)
+        and x.is_fully_addressable
+    )
+
+
+def _concrete_range(x: Any) -> tuple[int, int] | None:
+    """``(min, max)`` of a concrete, non-empty integer array; None when it cannot be read."""
+    if not _is_concrete(x) or int(np.size(x)) == 0:
+        return None
+    if isinstance(x, (np.ndarray, np.generic)):
+        return int(np.min(x)), int(np.max(x))
+    # Evaluate now even when a jit trace is active (x itself is concrete).
+    with jax.ensure_compile_time_eval():
+        return int(jnp.min(x)), int(jnp.max(x))
+
+
 class CompressedLeaf:
     """Base class of parameterised leaves.
 
@@ -253,13 +275,41 @@ class QArray(CompressedLeaf):
 
     ``scale`` and ``zero_point`` broadcast against ``values`` (per-tensor
     scalars, or per-channel with size-1 axes elsewhere). ``bits`` is the code
-    width actually used (``values`` may be held in a wider integer dtype).
+    width actually used (``values`` may be held in a wider integer dtype), and
+    :meth:`storage_bits` charges ``bits`` per code plus the scales and zero
+    points at their dtypes.
+
+    The codes are *signed* when ``values`` has a signed integer dtype (they lie
+    in ``[-2**(bits-1), 2**(bits-1) - 1]``) and *unsigned* for an unsigned dtype
+    (``[0, 2**bits - 1]``); ``zero_point`` is in code units and is not
+    range-checked (asymmetric schemes hold unsigned codes with a non-zero
+    zero point). ``bits`` may not exceed the width of ``values``' dtype.
+
+    Validation: when ``values`` is concrete (a NumPy array or a JAX array
+    outside a trace), construction checks that it has an integer dtype and
+    that every code fits in ``bits`` at that signedness, so ``storage_bits()``
+    describes what is really stored. Under ``jit``/``grad``/``vmap`` the codes
+    are tracers whose values are unknown: only the static checks run (bits,
+    shapes, dtype width), no value is inspected, and ``materialize()`` computes
+    the affine map on whatever codes it is given; validate the codes before
+    tracing. Gradient cotangents (``float0`` codes) pass through unchecked.
+
+    Raises:
+      ValueError: ``bits`` outside ``[1, 32]`` or wider than ``values``' dtype,
+        codes outside the ``bits`` range, ``scale``/``zero_point`` that do not
+        broadcast against ``values``.
+      TypeError: concrete ``values`` of a non-integer dtype.
 
     Example:
       >>> import jax.numpy as jnp
       >>> q = QArray(jnp.array([-2, 0, 3], jnp.int8), jnp.float32(0.5), jnp.int8(0), bits=4)
       >>> q.materialize().tolist(), q.storage_bits()
       ([-1.0, 0.0, 1.5], 52)
+      >>> nine = jnp.array([9], jnp.int8)  # does not fit in 4 signed bits
+      >>> QArray(nine, jnp.float32(1.0), jnp.int8(0), bits=4)  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+        ...
+      ValueError: QArray: values hold codes in [9, 9], outside the signed 4-bit range [-8, 7] ...
 
     References:
       Jacob et al., "Quantization and training of neural networks for
@@ -275,8 +325,8 @@ class QArray(CompressedLeaf):
     kind: ClassVar[str] = "quantized"
 
     def __post_init__(self):
-        if not hasattr(self.values, "shape"):
-            return
+        if not (hasattr(self.values, "shape") and hasattr(self.values, "dtype")):
+            return  # placeholder leaves built by tree utilities (e.g. object() sentinels)
         if not isinstance(self.bits, int) or isinstance(self.bits, bool) or not 1 <= self.bits <= 32:
             raise ValueError(f"QArray: bits must be an int in [1, 32], got {self.bits!r}")
         for name in ("scale", "zero_point"):
@@ -291,6 +341,44 @@ class QArray(CompressedLeaf):
                     f"values of shape {tuple(self.values.shape)}; keep size-1 axes for "
                     "per-channel parameters"
                 ) from None
+        self._check_codes()
+
+    def _check_codes(self) -> None:
+        dt = np.dtype(self.values.dtype)
+        if dt == jax.dtypes.float0:
+            return  # a gradient cotangent of integer codes
+        if not jnp.issubdtype(dt, jnp.integer):
+            if _is_concrete(self.values):
+                raise TypeError(
+                    f"QArray: values must hold integer codes, got dtype {dt}; quantize first "
+                    "(e.g. jnp.round(w / scale) + zero_point, cast to an integer dtype such as "
+                    "int8)"
+                )
+            return
+        width = dtype_bits(dt)
+        if self.bits > width:
+            raise ValueError(
+                f"QArray: bits={self.bits} exceeds the {width} bits of values' dtype {dt}; "
+                f"pass bits <= {width} or hold the codes in a wider integer dtype"
+            )
+        rng = _concrete_range(self.values)
+        if rng is None:
+            return
+        signed = jnp.issubdtype(dt, jnp.signedinteger)
+        lo, hi = (-(1 << (self.bits - 1)), (1 << (self.bits - 1)) - 1) if signed else (
+            0, (1 << self.bits) - 1)
+        if rng[0] < lo or rng[1] > hi:
+            kind = "signed" if signed else "unsigned"
+            fix = (
+                "hold unsigned codes in an unsigned dtype such as uint8"
+                if signed
+                else "hold signed codes in a signed dtype such as int8"
+            )
+            raise ValueError(
+                f"QArray: values hold codes in [{rng[0]}, {rng[1]}], outside the {kind} "
+                f"{self.bits}-bit range [{lo}, {hi}] ({kind} because values has dtype {dt}); "
+                f"requantize or clip the codes, raise bits, or {fix}"
+            )
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -323,11 +411,27 @@ class Codebook(CompressedLeaf):
     shape and holds integers in ``[0, k)``. Stored with ``ceil(log2 k)`` bits per
     index plus the codebook at its dtype.
 
+    Validation: concrete ``indices`` (a NumPy array or a JAX array outside a
+    trace) are checked at construction to lie in ``[0, k)``. Under
+    ``jit``/``grad``/``vmap`` the indices are tracers and are not inspected;
+    there ``materialize()`` follows ``jnp.take``: an index in ``[-k, 0)``
+    wraps around to ``k + index`` and any other out-of-range index gives NaN.
+    Validate the indices before tracing.
+
+    Raises:
+      ValueError: ``centroids`` is not a vector, or concrete indices are
+        negative or ``>= k``.
+      TypeError: non-integer ``indices``.
+
     Example:
       >>> import jax.numpy as jnp
       >>> c = Codebook(jnp.array([-1.0, 0.0, 2.0]), jnp.array([[0, 2], [1, 1]]))
       >>> c.materialize().tolist(), c.index_bits
       ([[-1.0, 2.0], [0.0, 0.0]], 2)
+      >>> Codebook(jnp.array([-1.0, 0.0, 2.0]), jnp.array([0, 3]))  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+        ...
+      ValueError: Codebook: indices span [0, 3] but there are 3 centroids...
 
     References:
       Han, Mao, Dally, "Deep compression", arXiv:1510.00149.
@@ -345,8 +449,21 @@ class Codebook(CompressedLeaf):
             raise ValueError(
                 f"Codebook: centroids must be a vector, got shape {tuple(self.centroids.shape)}"
             )
-        if hasattr(self.indices, "dtype") and not jnp.issubdtype(self.indices.dtype, jnp.integer):
+        if not hasattr(self.indices, "dtype"):
+            return
+        dt = np.dtype(self.indices.dtype)
+        if dt == jax.dtypes.float0:
+            return  # a gradient cotangent of integer indices
+        if not jnp.issubdtype(dt, jnp.integer):
             raise TypeError(f"Codebook: indices must be integers, got {self.indices.dtype}")
+        rng = _concrete_range(self.indices)
+        k = int(self.centroids.shape[0])
+        if rng is not None and (rng[0] < 0 or rng[1] >= k):
+            raise ValueError(
+                f"Codebook: indices span [{rng[0]}, {rng[1]}] but there are {k} centroids, "
+                f"so every index must lie in [0, {k - 1}]; fix the assignment (negative "
+                "indices do not count from the end) or add the missing centroids"
+            )
 
     @property
     def num_clusters(self) -> int:
