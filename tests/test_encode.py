@@ -447,3 +447,87 @@ def test_round_trip_and_counts_all_formats(x, index_bits, value_bits):
     np.testing.assert_array_equal(
         _brute_relative_decode(r.indices, r.values, n).reshape(x.shape), x
     )
+
+
+def _replace(e, **fields):
+    return dataclasses.replace(e, **fields)
+
+
+def _expect_corrupt(e, match):
+    with pytest.raises(ValueError, match=match):
+        decode_sparse(e)
+
+
+def test_decode_rejects_bad_csr_structure():
+    x = np.array([[0.0, 2.0, 0.0, 4.0], [1.0, 0.0, 3.0, 0.0]])
+    e = csr_encode(x)
+    assert e.row_ptr.tolist() == [0, 2, 4] and e.indices.tolist() == [1, 3, 0, 2]
+    # one column index for four values would broadcast into a wrong array
+    _expect_corrupt(_replace(e, indices=e.indices[:1]), "1 column indices for 4 values")
+    _expect_corrupt(_replace(e, row_ptr=e.row_ptr[:2]), r"2 row pointers for 2 rows \(need 3\)")
+    _expect_corrupt(_replace(e, row_ptr=np.array([1, 2, 4])), "must start at 0")
+    _expect_corrupt(_replace(e, row_ptr=np.array([0, 3, 2])), "never decrease")
+    _expect_corrupt(_replace(e, row_ptr=np.array([0, 2, 3])), "last row pointer is 3")
+    _expect_corrupt(_replace(e, values=e.values[:3], indices=e.indices[:3]), "nnz=4")
+    _expect_corrupt(_replace(e, nnz=3), "nnz=3")
+    _expect_corrupt(_replace(e, indices=np.array([1, 1, 0, 2])), "strictly increase within a row")
+    _expect_corrupt(_replace(e, indices=np.array([3, 1, 0, 2])), "strictly increase within a row")
+    _expect_corrupt(_replace(e, indices=np.array([1, 4, 0, 2])), r"outside \[0, 4\)")
+    _expect_corrupt(_replace(e, indices=np.array([1, -1, 0, 2])), r"span \[-1, 2\]")
+    _expect_corrupt(_replace(e, indices=e.indices.astype(float)), "1-D integer array")
+    _expect_corrupt(_replace(e, row_ptr=None), "row_ptr is missing")
+    _expect_corrupt(_replace(e, values=np.array([2.0, 0.0, 1.0, 3.0])), "1 stored value")
+    # the last index of one row may exceed the first of the next
+    np.testing.assert_array_equal(decode_sparse(e), x)
+
+
+def test_decode_rejects_bad_bitmask_dense_and_common_fields():
+    x = np.array([0.0, 1.5, 0.0, -2.0])
+    b = bitmask_encode(x)
+    _expect_corrupt(_replace(b, indices=np.array([0, 2, 0, 1])), "1-D bool array")
+    _expect_corrupt(_replace(b, indices=b.indices[:3]), "3 bits for 4 elements")
+    _expect_corrupt(_replace(b, values=b.values[:1]), "holds 1 values")
+    _expect_corrupt(_replace(b, nnz=1), "nnz=1")
+    _expect_corrupt(_replace(b, values=np.array([0.0, -2.0])), "are zero")
+    _expect_corrupt(_replace(b, values=b.values.reshape(1, 2)), r"values must be 1-D")
+    d = encode_sparse(x, "dense")
+    _expect_corrupt(_replace(d, values=d.values[:3]), "3 values for 4 elements")
+    _expect_corrupt(_replace(d, nnz=3), "2 non-zero values but nnz=3")
+    _expect_corrupt(_replace(d, nnz=-1), r"nnz=-1 must be an integer in \[0, 4\]")
+    ints = encode_sparse(np.array([0, 3, -1], np.int8), "dense")
+    # float values into an int8 record would be truncated silently
+    _expect_corrupt(_replace(ints, values=np.array([0.0, 2.5, -1.0])), "cannot be stored as int8")
+    _expect_corrupt(_replace(ints, shape=(3, -1)), "non-negative integers")
+    with pytest.raises(ValueError, match="unknown sparse format 'coo'"):
+        decode_sparse(_replace(ints, format="coo"))
+
+
+def test_decode_rejects_bad_relative_structure():
+    x = np.zeros(16)
+    x[[1, 4, 15]] = [3.4, 0.9, 1.7]
+    e = relative_encode(x, index_bits=3)
+    assert e.indices.tolist() == [1, 2, 7, 2] and e.n_filler == 1
+    # a single value would broadcast over every position
+    _expect_corrupt(_replace(e, values=e.values[:1]), "4 relative fields for 1 values")
+    # dropping the last entry from both streams loses a non-zero
+    _expect_corrupt(_replace(e, values=e.values[:3], indices=e.indices[:3]),
+                    "2 non-zero entries and 1 fillers, but nnz=3")
+    _expect_corrupt(_replace(e, n_filler=0), "n_filler=0")
+    _expect_corrupt(_replace(e, indices=np.array([1, 2, 6, 3])), "is not a filler")
+    _expect_corrupt(_replace(e, indices=e.indices.reshape(2, 2)), "1-D integer array")
+
+
+@given(sparse_arrays, st.sampled_from(SPARSE_FORMATS), st.sampled_from(["values", "indices",
+       "row_ptr", "both"]), st.integers(1, 3))
+def test_truncated_records_never_decode_silently_wrong(x, fmt, field, cut):
+    e = encode_sparse(x, fmt, index_bits=2)
+    fields = {"values": ["values"], "indices": ["indices"], "row_ptr": ["row_ptr"],
+              "both": ["values", "indices"]}[field]
+    changes = {}
+    for f in fields:
+        arr = getattr(e, f)
+        if arr is None or arr.size == 0:
+            return
+        changes[f] = arr[: max(0, arr.size - cut)]
+    with pytest.raises(ValueError, match="truncated or corrupted|does not fit|past the end"):
+        decode_sparse(_replace(e, **changes))

@@ -423,40 +423,138 @@ def encode_all(x: Any, *, value_bits: int = 32, index_bits: int = 5) -> dict[str
     }
 
 
+def _corrupt(enc: Encoded, problem: str) -> ValueError:
+    return ValueError(
+        f"{enc.format} record of shape {tuple(enc.shape)}: {problem}; the record is truncated "
+        "or corrupted, re-encode the array"
+    )
+
+
+def _int_vector(enc: Encoded, name: str, x: Any) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.ndim != 1 or not (arr.size == 0 or np.issubdtype(arr.dtype, np.integer)):
+        raise _corrupt(enc, f"{name} must be a 1-D integer array, got shape {arr.shape} and "
+                            f"dtype {arr.dtype}")
+    return arr.astype(np.int64)
+
+
+def _check_nonzero(enc: Encoded, values: np.ndarray) -> None:
+    zeros = int(values.size - np.count_nonzero(values))
+    if zeros:
+        raise _corrupt(enc, f"{zeros} stored value(s) are zero, but this format stores only "
+                            "non-zeros")
+
+
+def _check_record(enc: Encoded) -> tuple[np.ndarray, int]:
+    """Checks the fields every format shares; returns the values (1-D) and ``n``."""
+    if enc.format not in SPARSE_FORMATS:
+        raise ValueError(
+            f"unknown sparse format {enc.format!r}; choose one of {', '.join(SPARSE_FORMATS)}"
+        )
+    shape = tuple(enc.shape)
+    if not all(isinstance(d, (int, np.integer)) and d >= 0 for d in shape):
+        raise _corrupt(enc, f"shape {shape} must hold non-negative integers")
+    n = enc.n_weights
+    values = np.asarray(enc.values)
+    if values.ndim != 1:
+        raise _corrupt(enc, f"values must be 1-D, got shape {values.shape}")
+    dtype = np.dtype(enc.dtype)
+    if values.size and not np.can_cast(values.dtype, dtype, casting="same_kind"):
+        raise _corrupt(enc, f"values of dtype {values.dtype} cannot be stored as {dtype} "
+                            "without changing them")
+    nnz = enc.nnz
+    if isinstance(nnz, bool) or not isinstance(nnz, (int, np.integer)) or not 0 <= nnz <= n:
+        raise _corrupt(enc, f"nnz={nnz!r} must be an integer in [0, {n}]")
+    return values, n
+
+
 def decode_sparse(enc: Encoded) -> np.ndarray:
     """Rebuilds the dense array of an :class:`Encoded` record.
 
+    The record's structure is checked first, so a truncated or corrupted
+    record is an error rather than a silently wrong array: the number of
+    values, the mask size and popcount (bitmask), the row pointers (``rows + 1``
+    of them, starting at 0, non-decreasing, ending at ``nnz``), the column
+    indices (one per value, in range, strictly increasing within a row) for
+    csr, and for relative one field per value, every field within
+    ``index_bits``, the fillers (zero values with the maximal field) matching
+    ``n_filler``, the real entries matching ``nnz`` and the entries ending
+    inside the array.
+
     Raises:
-      ValueError: if the index data is inconsistent with the shape.
+      ValueError: if the record is inconsistent (the message names the field).
+
+    Example:
+      >>> e = csr_encode(np.array([[0.0, 2.0], [1.0, 0.0]]))
+      >>> decode_sparse(e).tolist()
+      [[0.0, 2.0], [1.0, 0.0]]
+      >>> import dataclasses
+      >>> decode_sparse(dataclasses.replace(e, indices=e.indices[:1]))  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+        ...
+      ValueError: csr record of shape (2, 2): 1 column indices for 2 values; ...
     """
-    n = enc.n_weights
+    values, n = _check_record(enc)
     out = np.zeros(n, enc.dtype)
     if enc.format == "dense":
-        if enc.values.size != n:
-            raise ValueError(f"dense record holds {enc.values.size} values for {n} elements")
-        out[:] = enc.values
+        if values.size != n:
+            raise _corrupt(enc, f"{values.size} values for {n} elements")
+        if int(np.count_nonzero(values)) != enc.nnz:
+            raise _corrupt(enc, f"{int(np.count_nonzero(values))} non-zero values but nnz={enc.nnz}")
+        out[:] = values
     elif enc.format == "bitmask":
-        mask = np.asarray(enc.indices, bool).reshape(-1)
-        if mask.size != n or int(mask.sum()) != enc.values.size:
-            raise ValueError("bitmask record: mask size or popcount does not match the values")
-        out[mask] = enc.values
+        mask = np.asarray(enc.indices)
+        if mask.dtype != np.bool_ or mask.ndim != 1:
+            raise _corrupt(enc, f"the mask must be a 1-D bool array, got shape {mask.shape} and "
+                                f"dtype {mask.dtype}")
+        if mask.size != n:
+            raise _corrupt(enc, f"the mask has {mask.size} bits for {n} elements")
+        ones = int(mask.sum())
+        if ones != values.size or ones != enc.nnz:
+            raise _corrupt(enc, f"the mask marks {ones} non-zeros but the record holds "
+                                f"{values.size} values and nnz={enc.nnz}")
+        _check_nonzero(enc, values)
+        out[mask] = values
     elif enc.format == "csr":
         rows, cols = csr_view_shape(enc.shape)
-        ptr = np.asarray(enc.row_ptr, np.int64)
-        if ptr.size != rows + 1 or ptr[-1] != enc.values.size or (np.diff(ptr) < 0).any():
-            raise ValueError("csr record: row pointers do not match the values")
-        if enc.indices.size and (enc.indices.min() < 0 or enc.indices.max() >= cols):
-            raise ValueError("csr record: a column index is out of range")
+        if enc.row_ptr is None:
+            raise _corrupt(enc, "row_ptr is missing")
+        ptr = _int_vector(enc, "row_ptr", enc.row_ptr)
+        idx = _int_vector(enc, "column indices", enc.indices)
+        if ptr.size != rows + 1:
+            raise _corrupt(enc, f"{ptr.size} row pointers for {rows} rows (need {rows + 1})")
+        if ptr[0] != 0 or (np.diff(ptr) < 0).any():
+            raise _corrupt(enc, f"row pointers must start at 0 and never decrease, got "
+                                f"{ptr[:8].tolist()}{' ...' if ptr.size > 8 else ''}")
+        if ptr[-1] != enc.nnz or values.size != enc.nnz:
+            raise _corrupt(enc, f"the last row pointer is {int(ptr[-1])}, the record holds "
+                                f"{values.size} values and nnz={enc.nnz}; all three must agree")
+        if idx.size != values.size:
+            raise _corrupt(enc, f"{idx.size} column indices for {values.size} values")
+        if idx.size and (idx.min() < 0 or idx.max() >= cols):
+            raise _corrupt(enc, f"column indices span [{int(idx.min())}, {int(idx.max())}], "
+                                f"outside [0, {cols})")
         r = np.repeat(np.arange(rows), np.diff(ptr))
-        out.reshape(rows, cols)[r, enc.indices] = enc.values
-    elif enc.format == "relative":
-        codes = np.asarray(enc.indices, np.int64)
+        same_row = r[1:] == r[:-1]
+        if (same_row & (np.diff(idx) <= 0)).any():
+            raise _corrupt(enc, "column indices must strictly increase within a row")
+        _check_nonzero(enc, values)
+        out.reshape(rows, cols)[r, idx] = values
+    else:  # relative
+        codes = _int_vector(enc, "relative fields", enc.indices)
+        if codes.size != values.size:
+            raise _corrupt(enc, f"{codes.size} relative fields for {values.size} values")
         if codes.size and (codes.min() < 0 or codes.max() >= (1 << enc.index_bits)):
             raise ValueError(f"relative record: a field does not fit in {enc.index_bits} bits")
+        filler = values == 0
+        n_fill = int(filler.sum())
+        if n_fill != enc.n_filler or codes.size - n_fill != enc.nnz:
+            raise _corrupt(enc, f"{codes.size - n_fill} non-zero entries and {n_fill} fillers, "
+                                f"but nnz={enc.nnz} and n_filler={enc.n_filler}")
+        if (codes[filler] != (1 << enc.index_bits) - 1).any():
+            raise _corrupt(enc, "a zero value whose field is not the maximal skip is not a filler")
         positions = np.cumsum(codes + 1) - 1
         if positions.size and positions[-1] >= n:
             raise ValueError("relative record: the entries run past the end of the array")
-        out[positions] = enc.values
-    else:
-        raise ValueError(f"unknown sparse format {enc.format!r}")
+        out[positions] = values
     return out.reshape(enc.shape)
