@@ -409,7 +409,10 @@ def movement_pruning(
         normalize=normalize, update_every=update_every, mode=mode, sr_ste_decay=sr_ste_decay)
 
     def accumulate(leaves, g, acc):
-        return [a - (w * gi).astype(jnp.float32) for a, w, gi in zip(acc, leaves, g)]
+        # in float32 whatever the params' dtype: bfloat16 products would round differently
+        # eagerly and under jit, and lose the small movements that accumulate
+        return [a - w.astype(jnp.float32) * gi.astype(jnp.float32)
+                for a, w, gi in zip(acc, leaves, g)]
 
     def scorer(sel, g, extra, state, acc):
         return acc

@@ -228,7 +228,14 @@ def _dst(sparsity, *, drop_frac, update_every, end_step, allocation, where, key,
             last_update=jnp.where(do, step, state.last_update))
         return sel.rebuild(ws), new_state
 
-    return Compressor(init, apply, update, project)
+    def drop_grow_step(step):
+        return (step > 0) & (step % update_every == 0) & (step < end_step)
+
+    def due(step):
+        # the step after a drop/grow clears `regrown` (the optimizer has reset those moments)
+        return drop_grow_step(step) | drop_grow_step(step - 1)
+
+    return Compressor(init, apply, update, project, due)
 
 
 def rigl_pruning(

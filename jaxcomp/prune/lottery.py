@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxcomp.core.base import Compressor, EmptyState
+from jaxcomp.core.base import Compressor, EmptyState, never_due
 from jaxcomp.prune.masks import _split, check_finite_leaf
 from jaxcomp.prune.threshold import num_pruned, smallest_k_masks, topk_mask
 from jaxcomp.select.paths import is_leaf, path_str
@@ -243,7 +243,7 @@ def fixed_mask(masks: Any) -> Compressor:
         del state
         return _mask(params)
 
-    return Compressor(init, apply, update, project)
+    return Compressor(init, apply, update, project, due=never_due)
 
 
 class LotteryResult(NamedTuple):
