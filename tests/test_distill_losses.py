@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from jax.experimental import checkify
 
 from jaxcomp.distill import (
     kd_loss,
@@ -317,3 +318,109 @@ def test_kd_properties(s, t, T):
     assert abs(float(self_kl)) < 1e-4
     np.testing.assert_allclose(p.sum(-1), 1.0, rtol=1e-5)
     assert np.all(p >= 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation of concrete values, and checkify-based checks of traced ones
+
+_S = np.array([[1.0, 2.0, 3.0], [0.0, 1.0, -1.0]], np.float32)
+_T = np.array([[3.0, 2.0, 1.0], [1.0, 0.0, 0.0]], np.float32)
+
+
+@pytest.mark.parametrize(
+    "temperature", [jnp.float32(0.0), jnp.array(-2.0), np.array(0.0), np.float64(-1.0),
+                    np.array([2.0, 0.0]), jnp.float32(jnp.nan)]
+)
+def test_array_temperature_must_be_positive(temperature):
+    for f in (
+        lambda: kd_loss(_S, _T, temperature=temperature),
+        lambda: multi_teacher_kd_loss(_S, [_T, _T], temperature=temperature),
+        lambda: soft_targets(_T, temperature=temperature),
+        lambda: multi_teacher_soft_targets([_T], temperature=temperature),
+    ):
+        with pytest.raises(ValueError, match=r"temperature=.* is outside \(0.0, inf\)"):
+            f()
+
+
+@pytest.mark.parametrize("bad", ["4", True, None, np.array(["4"]), jnp.array([1 + 2j])])
+def test_non_numeric_hyperparameters_are_type_errors(bad):
+    with pytest.raises(TypeError, match="temperature must"):
+        kd_loss(_S, _T, temperature=bad)
+    with pytest.raises(TypeError, match="alpha must"):
+        kd_loss(_S, _T, temperature=2.0, alpha=bad, labels=np.array([0, 1]))
+
+
+def test_array_alpha_and_weights_are_checked():
+    with pytest.raises(ValueError, match=r"alpha=1.5 is outside \[0.0, 1.0\]"):
+        kd_loss(_S, _T, temperature=2.0, alpha=jnp.float32(1.5), labels=np.array([0, 1]))
+    with pytest.raises(ValueError, match="non-negative with a positive sum"):
+        multi_teacher_kd_loss(_S, [_T, _T], temperature=1.0, weights=jnp.array([1.0, -1.0]))
+    with pytest.raises(ValueError, match="non-negative with a positive sum"):
+        multi_teacher_soft_targets([_T, _T], temperature=1.0, weights=np.zeros(2))
+    with pytest.raises(ValueError, match="non-negative with a positive sum"):
+        multi_teacher_kd_loss(_S, [_T, _T], temperature=1.0, weights=[jnp.float32(-1), 2.0])
+    with pytest.raises(TypeError, match="weights must be real numbers"):
+        multi_teacher_kd_loss(_S, [_T, _T], temperature=1.0, weights=["1", "2"])
+
+
+@pytest.mark.parametrize("labels", [[0, 3], [-1, 0], [7, 1]])
+def test_labels_out_of_range_are_value_errors(labels):
+    for lab in (np.array(labels), jnp.array(labels, jnp.int32)):
+        with pytest.raises(ValueError, match=r"labels span .* 3 classes; class ids must lie in"):
+            kd_loss(_S, _T, temperature=2.0, labels=lab)
+        with pytest.raises(ValueError, match="class ids must lie in"):
+            multi_teacher_kd_loss(_S, [_T], temperature=2.0, labels=lab)
+    # the boundary class C - 1 is fine and matches the textbook formula
+    got = kd_loss(_S, _T, temperature=2.0, labels=np.array([2, 0]), alpha=0.3)
+    np.testing.assert_allclose(got, np_kd(_S, _T, 2.0, np.array([2, 0]), 0.3), rtol=1e-5)
+
+
+def test_empty_batch_and_empty_class_axis_are_value_errors():
+    empty = np.zeros((0, 3), np.float32)
+    with pytest.raises(ValueError, match="empty batch has no mean loss"):
+        kd_loss(empty, empty, temperature=2.0)
+    with pytest.raises(ValueError, match="empty batch"):
+        jax.jit(lambda s: kd_loss(s, s, temperature=2.0, mask=jnp.zeros(0)))(empty)
+    with pytest.raises(ValueError, match="empty batch"):
+        multi_teacher_kd_loss(empty, [empty, empty], temperature=2.0)
+    with pytest.raises(ValueError, match="class axis is empty"):
+        kd_loss(np.zeros((2, 0)), np.zeros((2, 0)), temperature=2.0)
+
+
+def _checked(fn, **static):
+    return checkify.checkify(jax.jit(functools.partial(fn, checked=True, **static)))
+
+
+def test_checked_mode_reports_traced_errors_under_jit():
+    f = _checked(kd_loss)
+    err, _ = f(_S, _T, temperature=jnp.float32(0.0))
+    with pytest.raises(checkify.JaxRuntimeError, match=r"temperature must lie in \(0.0, inf\)"):
+        err.throw()
+    err, _ = f(_S, _T, temperature=2.0, alpha=jnp.float32(-0.5), labels=jnp.array([0, 1]))
+    assert "alpha must lie in [0.0, 1.0]" in err.get()
+    for bad in ([0, 3], [-1, 0]):
+        err, _ = f(_S, _T, temperature=2.0, labels=jnp.array(bad))
+        with pytest.raises(checkify.JaxRuntimeError, match=r"labels must lie in \[0, 2\]"):
+            err.throw()
+    g = _checked(multi_teacher_kd_loss)
+    err, _ = g(_S, [_T, _T], temperature=2.0, weights=jnp.array([-1.0, 0.5]))
+    assert "weights must be non-negative" in err.get()
+    err, _ = _checked(soft_targets)(_T, temperature=jnp.float32(-1.0))
+    assert "temperature must lie in" in err.get()
+    # valid traced inputs: no error and the same value as the unchecked loss
+    err, val = f(_S, _T, temperature=jnp.float32(2.0), labels=jnp.array([2, 0]), alpha=0.3)
+    assert err.get() is None
+    np.testing.assert_allclose(val, np_kd(_S, _T, 2.0, np.array([2, 0]), 0.3), rtol=1e-5)
+    # jit outside checkify works too
+    err, _ = jax.jit(checkify.checkify(functools.partial(kd_loss, checked=True)))(
+        _S, _T, temperature=jnp.float32(-3.0))
+    assert "got -3.0" in err.get()
+
+
+def test_unchecked_traced_values_are_documented_not_validated():
+    # Without checked=True a traced temperature cannot be inspected: the loss is not finite.
+    out = jax.jit(lambda T: kd_loss(_S, _T, temperature=T))(jnp.float32(0.0))
+    assert not np.isfinite(out)
+    # checked=True staged under a plain jit (no checkify) is a trace-time error.
+    with pytest.raises(ValueError, match="not functionalized"):
+        jax.jit(lambda T: kd_loss(_S, _T, temperature=T, checked=True))(jnp.float32(2.0))

@@ -8,9 +8,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.experimental import checkify
 from jax.typing import ArrayLike
-
-from jaxcomp.core.errors import check_in_range
 
 
 def is_static_number(x: Any) -> bool:
@@ -18,16 +18,101 @@ def is_static_number(x: Any) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
-def check_positive(name: str, value: Any) -> None:
-    """Validates a strictly positive hyperparameter when it is a static number."""
-    if is_static_number(value):
-        check_in_range(name, float(value), 0.0, None, low_inclusive=False)
+def concrete(x: Any) -> np.ndarray | None:
+    """The values of ``x`` as a NumPy array when they are known now, else None.
+
+    Python numbers, NumPy values and JAX arrays outside a trace are concrete;
+    tracers (inside ``jit``, ``grad``, ``vmap``, ``checkify``) are not.
+    """
+    if isinstance(x, jax.core.Tracer):
+        return None
+    if isinstance(x, jax.Array):
+        return np.asarray(x) if x.is_fully_addressable else None
+    if isinstance(x, (numbers.Number, np.ndarray, np.generic)):
+        return np.asarray(x)
+    return None
 
 
-def check_fraction(name: str, value: Any) -> None:
-    """Validates a hyperparameter in ``[0, 1]`` when it is a static number."""
-    if is_static_number(value):
-        check_in_range(name, float(value), 0.0, 1.0)
+def check_real(name: str, value: Any) -> None:
+    """Raises TypeError unless ``value`` is a real number or an array of a real dtype."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a real number, got the bool {value!r}")
+    if isinstance(value, numbers.Real):
+        return
+    if isinstance(value, (np.ndarray, np.generic, jax.Array)):  # jax.Array covers tracers
+        dt = value.dtype
+        if jnp.issubdtype(dt, jnp.floating) or jnp.issubdtype(dt, jnp.integer):
+            return
+        raise TypeError(f"{name} must have a real (float or int) dtype, got {dt}")
+    raise TypeError(
+        f"{name} must be a real number or a real-valued array, got {type(value).__name__} "
+        f"{value!r}; pass e.g. {name}=4.0"
+    )
+
+
+def _interval_text(low: float, high: float | None, low_inclusive: bool) -> str:
+    return f"{'[' if low_inclusive else '('}{low}, {'inf)' if high is None else f'{high}]'}"
+
+
+def _check_interval(
+    name: str, value: Any, low: float, high: float | None, low_inclusive: bool, checked: bool
+) -> None:
+    check_real(name, value)
+    interval = _interval_text(low, high, low_inclusive)
+
+    def inside(v):
+        ok = v > low if not low_inclusive else v >= low
+        return ok & (v <= high) if high is not None else ok
+
+    host = concrete(value)
+    if host is not None:
+        bad = ~inside(host.astype(np.float64))  # NaN compares False: it is outside too
+        if bad.any():
+            shown = host.item() if host.ndim == 0 else host[bad].reshape(-1)[:4].tolist()
+            raise ValueError(f"{name}={shown!r} is outside {interval}")
+    elif checked:
+        checkify.check(
+            jnp.all(inside(jnp.asarray(value))), f"{name} must lie in {interval}, got {{}}", value
+        )
+
+
+def check_positive(name: str, value: Any, *, checked: bool = False) -> None:
+    """Validates a strictly positive hyperparameter.
+
+    Concrete values (Python/NumPy numbers, JAX arrays outside a trace) are
+    checked now: TypeError for a non-real value (a string, a bool), ValueError
+    for a value ``<= 0`` or NaN. A traced value cannot be inspected; with
+    ``checked=True`` a :func:`jax.experimental.checkify.check` is staged
+    instead, reported when the caller is wrapped in ``checkify.checkify``.
+    """
+    _check_interval(name, value, 0.0, None, False, checked)
+
+
+def check_fraction(name: str, value: Any, *, checked: bool = False) -> None:
+    """Validates a hyperparameter in ``[0, 1]`` (see :func:`check_positive`)."""
+    _check_interval(name, value, 0.0, 1.0, True, checked)
+
+
+def check_class_ids(
+    name: str, labels: Any, num_classes: int, *, checked: bool = False
+) -> None:
+    """Validates integer class ids in ``[0, num_classes)`` (concrete now, traced if ``checked``)."""
+    host = concrete(labels)
+    if host is not None:
+        if host.size and (host.min() < 0 or host.max() >= num_classes):
+            raise ValueError(
+                f"{name} span [{int(host.min())}, {int(host.max())}] but the logits have "
+                f"{num_classes} classes; class ids must lie in [0, {num_classes - 1}] "
+                "(negative ids do not count from the end)"
+            )
+    elif checked:
+        labels = jnp.asarray(labels)
+        checkify.check(
+            jnp.all((labels >= 0) & (labels < num_classes)),
+            f"{name} must lie in [0, {num_classes - 1}] (the logits have {num_classes} "
+            "classes), got {}",
+            labels,
+        )
 
 
 def check_mask(mask: ArrayLike | None, per_example_shape: tuple[int, ...], *, name: str = "mask"):

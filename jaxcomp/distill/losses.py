@@ -11,6 +11,26 @@ Conventions shared by every loss here:
   builder :func:`jaxcomp.distill.distillation_loss` stops the teacher's
   gradients.
 
+Validation. Shapes are static and always checked (an empty batch or an empty
+class axis is a ``ValueError``: it has no mean). Values are checked when they
+are *concrete* (Python numbers, NumPy values, JAX arrays outside a trace):
+``temperature > 0``, ``alpha`` in ``[0, 1]``, integer ``labels`` in
+``[0, classes)``, teacher ``weights`` non-negative with a positive sum; a
+string or bool hyperparameter is a ``TypeError``. Inside ``jit`` (or ``grad``,
+``vmap``) a traced value cannot be inspected and an invalid one gives
+``inf``/``NaN`` or a wrong finite loss (a label ``-1`` picks the last class).
+For those, pass ``checked=True`` and wrap the caller in
+:func:`jax.experimental.checkify.checkify`: the checks are staged as
+``checkify.check`` and reported through the returned error::
+
+    err, loss = checkify.checkify(jax.jit(functools.partial(kd_loss, checked=True)))(
+        s, t, temperature=T)
+    err.throw()  # raises JaxRuntimeError naming the bad argument
+
+A ``checked=True`` call staged under ``jit`` without ``checkify.checkify``
+fails at trace time (JAX: "Cannot abstractly evaluate a checkify.check which
+was not functionalized").
+
 References:
   Hinton, Vinyals, Dean 2015, Distilling the knowledge in a neural network,
   arXiv:1503.02531. You, Xu, Xu, Tao 2017, Learning from multiple teacher
@@ -24,9 +44,17 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.experimental import checkify
 from jax.typing import ArrayLike
 
-from jaxcomp.distill._common import check_fraction, check_positive, is_static_number, masked_mean
+from jaxcomp.distill._common import (
+    check_class_ids,
+    check_fraction,
+    check_positive,
+    concrete,
+    masked_mean,
+)
 
 __all__ = [
     "kd_loss",
@@ -43,12 +71,16 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"kind must be 'kl' or 'ce', got {kind!r}")
 
 
-def soft_targets(teacher_logits: ArrayLike, *, temperature: float | ArrayLike) -> jax.Array:
+def soft_targets(
+    teacher_logits: ArrayLike, *, temperature: float | ArrayLike, checked: bool = False
+) -> jax.Array:
     """Softened class probabilities ``softmax(teacher_logits / T)``.
 
     Args:
       teacher_logits: ``(batch, ..., classes)`` logits.
       temperature: ``T > 0``; larger values give softer distributions.
+      checked: stage a ``checkify`` check of a traced ``temperature`` (see the
+        module docstring).
 
     Returns:
       Probabilities of the same shape, summing to 1 over the last axis.
@@ -61,12 +93,12 @@ def soft_targets(teacher_logits: ArrayLike, *, temperature: float | ArrayLike) -
     References:
       Hinton et al. 2015, arXiv:1503.02531.
     """
-    check_positive("temperature", temperature)
+    check_positive("temperature", temperature, checked=checked)
     return jax.nn.softmax(jnp.asarray(teacher_logits, jnp.float32) / temperature, axis=-1)
 
 
 def _log_mixture(
-    teacher_logits: Sequence[ArrayLike] | ArrayLike, temperature, weights
+    teacher_logits: Sequence[ArrayLike] | ArrayLike, temperature, weights, checked: bool = False
 ) -> jax.Array:
     """``log(sum_k w_k softmax(t_k / T))`` computed stably, weights normalised."""
     if isinstance(teacher_logits, (list, tuple)):
@@ -90,16 +122,37 @@ def _log_mixture(
     if weights is None:
         log_w = jnp.full((n,), -jnp.log(n), jnp.float32)
     else:
-        if isinstance(weights, (list, tuple)) and all(is_static_number(w) for w in weights):
-            if len(weights) != n:
-                raise ValueError(f"weights has {len(weights)} entries for {n} teachers")
-            if any(w < 0 for w in weights) or sum(weights) <= 0:
-                raise ValueError(
-                    f"weights must be non-negative with a positive sum, got {list(weights)}"
-                )
+        if isinstance(weights, (list, tuple)) and len(weights) != n:
+            raise ValueError(f"weights has {len(weights)} entries for {n} teachers")
+        if isinstance(weights, (list, tuple)) and any(
+            isinstance(w, (str, bool)) for w in weights
+        ):
+            raise TypeError(f"weights must be real numbers, got {list(weights)!r}")
+        host = None
+        if isinstance(weights, (list, tuple)):
+            parts = [concrete(w) for w in weights]
+            if all(p is not None for p in parts):
+                host = np.asarray([float(p) for p in parts])
+        else:
+            host = concrete(weights)
+        if host is not None and not (
+            np.issubdtype(host.dtype, np.floating) or np.issubdtype(host.dtype, np.integer)
+        ):
+            raise TypeError(f"weights must be real numbers, got dtype {host.dtype}")
         w = jnp.asarray(weights, jnp.float32)
         if w.shape != (n,):
             raise ValueError(f"weights must have shape ({n},) (one per teacher), got {w.shape}")
+        if host is not None:
+            if not np.all(host >= 0) or not host.sum() > 0:
+                raise ValueError(
+                    f"weights must be non-negative with a positive sum, got {host.tolist()}"
+                )
+        elif checked:
+            checkify.check(
+                jnp.all(w >= 0) & (jnp.sum(w) > 0),
+                "weights must be non-negative with a positive sum, got {}",
+                w,
+            )
         w = w / jnp.sum(w)
         log_w = jnp.log(w)
     log_p = jax.nn.log_softmax(stacked / temperature, axis=-1)
@@ -112,6 +165,7 @@ def multi_teacher_soft_targets(
     *,
     temperature: float | ArrayLike,
     weights: Sequence[float] | ArrayLike | None = None,
+    checked: bool = False,
 ) -> jax.Array:
     """Weighted average of the teachers' softened distributions.
 
@@ -126,6 +180,8 @@ def multi_teacher_soft_targets(
       weights: one non-negative weight per teacher (normalised here), or None
         for the plain average. May be a traced array (e.g. learned weights
         passed through a softmax).
+      checked: stage ``checkify`` checks of traced ``temperature`` and
+        ``weights`` (see the module docstring).
 
     Returns:
       Probabilities of shape ``(batch, ..., classes)``.
@@ -139,8 +195,8 @@ def multi_teacher_soft_targets(
     References:
       You et al. 2017, Learning from multiple teacher networks, KDD.
     """
-    check_positive("temperature", temperature)
-    return jnp.exp(_log_mixture(teacher_logits, temperature, weights))
+    check_positive("temperature", temperature, checked=checked)
+    return jnp.exp(_log_mixture(teacher_logits, temperature, weights, checked))
 
 
 def _soft_term(student_logits, log_targets, temperature, kind) -> jax.Array:
@@ -156,8 +212,15 @@ def _soft_term(student_logits, log_targets, temperature, kind) -> jax.Array:
     return per * (temperature**2)
 
 
-def _hard_ce(student_logits: jax.Array, labels: ArrayLike) -> jax.Array:
+def _hard_ce(student_logits: jax.Array, labels: ArrayLike, *, checked: bool = False) -> jax.Array:
     """Per-example cross-entropy at T = 1 with integer labels or target distributions."""
+    host = concrete(labels)
+    if host is not None and not (
+        host.dtype == np.bool_
+        or np.issubdtype(host.dtype, np.integer)
+        or np.issubdtype(host.dtype, np.floating)
+    ):
+        raise TypeError(f"labels must be integer class ids or probabilities, got dtype {host.dtype}")
     labels = jnp.asarray(labels)
     log_q = jax.nn.log_softmax(student_logits, axis=-1)
     if labels.shape == student_logits.shape and jnp.issubdtype(labels.dtype, jnp.floating):
@@ -169,6 +232,8 @@ def _hard_ce(student_logits: jax.Array, labels: ArrayLike) -> jax.Array:
         )
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise TypeError(f"integer labels expected, got dtype {labels.dtype}")
+    check_class_ids("labels", host if host is not None else labels, student_logits.shape[-1],
+                    checked=checked)
     return -jnp.take_along_axis(log_q, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
 
 
@@ -176,6 +241,13 @@ def _check_logits(student_logits, teacher_shape) -> jax.Array:
     s = jnp.asarray(student_logits)
     if s.ndim < 1:
         raise ValueError("student_logits must have a class axis, got a scalar")
+    if s.shape[-1] == 0:
+        raise ValueError(f"student_logits has shape {s.shape}: the class axis is empty")
+    if s.size == 0:
+        raise ValueError(
+            f"student_logits has shape {s.shape}: an empty batch has no mean loss; skip "
+            "empty batches (or pad them and pass mask=0 for the padding)"
+        )
     if tuple(s.shape) != tuple(teacher_shape):
         raise ValueError(
             f"student_logits has shape {s.shape} but the teacher's logits have shape "
@@ -184,10 +256,10 @@ def _check_logits(student_logits, teacher_shape) -> jax.Array:
     return s.astype(jnp.promote_types(s.dtype, jnp.float32))
 
 
-def _combine(soft, student_logits, labels, alpha, mask) -> jax.Array:
+def _combine(soft, student_logits, labels, alpha, mask, checked) -> jax.Array:
     if labels is None:
         return masked_mean(soft, mask)
-    per = alpha * soft + (1.0 - alpha) * _hard_ce(student_logits, labels)
+    per = alpha * soft + (1.0 - alpha) * _hard_ce(student_logits, labels, checked=checked)
     return masked_mean(per, mask)
 
 
@@ -200,6 +272,7 @@ def kd_loss(
     alpha: float | ArrayLike = 0.5,
     mask: ArrayLike | None = None,
     kind: KDKind = "kl",
+    checked: bool = False,
 ) -> jax.Array:
     """Hinton knowledge distillation loss.
 
@@ -227,13 +300,20 @@ def kd_loss(
         cross-entropy ``-sum p_t log p_s``. They differ by the teacher's
         entropy ``T^2 H(p_t)``, a constant for the student: same gradients,
         different value (``"kl"`` is 0 when the student matches the teacher).
+      checked: stage ``checkify`` checks of traced ``temperature``, ``alpha``
+        and ``labels`` so that ``checkify.checkify`` reports them under
+        ``jit`` (see the module docstring). Concrete values are checked
+        eagerly either way.
 
     Returns:
       The scalar loss, averaged over unmasked examples.
 
     Raises:
-      ValueError: mismatched shapes, ``temperature <= 0``, ``alpha`` outside
-        ``[0, 1]``, bad ``kind``, or a mask of the wrong shape.
+      ValueError: mismatched shapes, an empty batch, concrete ``temperature
+        <= 0``, ``alpha`` outside ``[0, 1]`` or labels outside ``[0,
+        classes)``, bad ``kind``, or a mask of the wrong shape.
+      TypeError: a non-numeric ``temperature``/``alpha`` (e.g. a string) or
+        labels of the wrong dtype.
 
     Example:
       >>> import jax.numpy as jnp
@@ -245,17 +325,26 @@ def kd_loss(
       >>> round(float(kd_loss(s, t, temperature=1.0, labels=jnp.array([2]), alpha=0.5)), 4)
       0.779
 
+      A traced temperature is checked through ``checkify``:
+
+      >>> import functools, jax
+      >>> from jax.experimental import checkify
+      >>> f = checkify.checkify(jax.jit(functools.partial(kd_loss, checked=True)))
+      >>> err, _ = f(s, t, temperature=jnp.float32(-1.0))
+      >>> err.get()
+      'temperature must lie in (0.0, inf), got -1.0 (`check` failed)'
+
     References:
       Hinton, Vinyals, Dean 2015, arXiv:1503.02531.
     """
     _check_kind(kind)
-    check_positive("temperature", temperature)
-    check_fraction("alpha", alpha)
+    check_positive("temperature", temperature, checked=checked)
+    check_fraction("alpha", alpha, checked=checked)
     t = jnp.asarray(teacher_logits)
     s = _check_logits(student_logits, t.shape)
     log_p = jax.nn.log_softmax(t.astype(s.dtype) / temperature, axis=-1)
     soft = _soft_term(s, log_p, temperature, kind)
-    return _combine(soft, s, labels, alpha, mask)
+    return _combine(soft, s, labels, alpha, mask, checked)
 
 
 def multi_teacher_kd_loss(
@@ -268,6 +357,7 @@ def multi_teacher_kd_loss(
     alpha: float | ArrayLike = 0.5,
     mask: ArrayLike | None = None,
     kind: KDKind = "kl",
+    checked: bool = False,
 ) -> jax.Array:
     """KD against the (weighted) average of several teachers' soft targets.
 
@@ -290,6 +380,8 @@ def multi_teacher_kd_loss(
       alpha: weight of the soft term in ``[0, 1]``.
       mask: optional per-example weights.
       kind: ``"kl"`` or ``"ce"`` (see :func:`kd_loss`).
+      checked: stage ``checkify`` checks of traced ``temperature``, ``alpha``,
+        ``weights`` and ``labels`` (see :func:`kd_loss`).
 
     Returns:
       The scalar loss, averaged over unmasked examples.
@@ -306,9 +398,9 @@ def multi_teacher_kd_loss(
       Hinton et al. 2015, arXiv:1503.02531.
     """
     _check_kind(kind)
-    check_positive("temperature", temperature)
-    check_fraction("alpha", alpha)
-    log_p = _log_mixture(teacher_logits, temperature, weights)
+    check_positive("temperature", temperature, checked=checked)
+    check_fraction("alpha", alpha, checked=checked)
+    log_p = _log_mixture(teacher_logits, temperature, weights, checked)
     s = _check_logits(student_logits, log_p.shape)
     soft = _soft_term(s, log_p, temperature, kind)
-    return _combine(soft, s, labels, alpha, mask)
+    return _combine(soft, s, labels, alpha, mask, checked)
