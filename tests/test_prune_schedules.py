@@ -7,6 +7,7 @@ import optax
 import pytest
 
 import jaxcomp.prune as jp
+from jax.experimental import checkify
 
 
 def zhu_gupta(t, si, sf, t0, n, dt):
@@ -71,3 +72,71 @@ def test_schedule_errors():
         jp.as_schedule("0.5")
     with pytest.raises(ValueError, match="update_every=0"):
         jp.constant_schedule(0.5, update_every=0)
+
+
+# ------------------------------------------------- schedules outside [0, 1), other paths
+
+
+def test_polynomial_schedule_refuses_decreasing_sparsity():
+    with pytest.raises(ValueError, match="initial_sparsity=0.8 is above final_sparsity=0.5"):
+        jp.polynomial_schedule(0.8, 0.5, 0, 100)
+
+
+def _tree():
+    return {"a": {"kernel": jax.random.normal(jax.random.key(0), (8, 8))},
+            "b": {"kernel": jax.random.normal(jax.random.key(1), (8, 8))}}
+
+
+def test_optax_schedule_above_one_is_an_error_not_a_clip():
+    comp = jp.magnitude_pruning(optax.linear_schedule(0.5, 1.5, 10), update_every=5)
+    p = _tree()
+    s = comp.init(p)
+    p, s = comp.update(p, s, step=0)  # 0.5: fine
+    # 1.0 at step 5: refused, never "prune everything"
+    with pytest.raises(ValueError, match=r"gives 1\.0 at step 5; a sparsity must lie in"):
+        comp.update(p, s, step=5)
+
+
+def test_traced_sparsity_outside_range_skips_the_update_and_checkify_reports_it():
+    comp = jp.magnitude_pruning(optax.linear_schedule(0.5, 1.5, 10), update_every=5)
+    p = _tree()
+    s = comp.init(p)
+    upd = jax.jit(lambda p, s, t: comp.update(p, s, step=t))
+    p, s = upd(p, s, jnp.int32(0))
+    before = jax.tree.map(np.asarray, s.masks)
+    assert np.mean(before["a"]["kernel"]) == 0.5
+    p2, s2 = upd(p, s, jnp.int32(5))  # 1.0: skipped, masks unchanged (not all pruned)
+    for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(s2.masks)):
+        np.testing.assert_array_equal(x, y)
+    assert float(s2.sparsity) == 0.5
+    checked = jax.jit(checkify.checkify(lambda p, s, t: comp.update(p, s, step=t)))
+    err, _ = checked(p, s, jnp.int32(5))
+    with pytest.raises(checkify.JaxRuntimeError, match=r"outside \[0, 1\)"):
+        err.throw()
+    err, _ = checked(p, s, jnp.int32(0))
+    err.throw()  # in range: no error
+
+
+def test_traced_sparsity_of_one_point_five_prunes_nothing():
+    def run(sp, p):
+        comp = jp.magnitude_pruning(sp, update_every=1)
+        s = comp.init(p)
+        return comp.update(p, s, step=1)[1].masks
+
+    masks = jax.jit(run)(jnp.float32(1.5), _tree())
+    assert all(bool(np.all(m)) for m in jax.tree.leaves(masks))  # not "prune everything"
+    err, _ = jax.jit(checkify.checkify(run))(jnp.float32(1.5), _tree())
+    with pytest.raises(checkify.JaxRuntimeError, match=r"outside \[0, 1\)"):
+        err.throw()
+    masks = jax.jit(run)(jnp.float32(0.25), _tree())
+    assert np.mean(np.asarray(masks["a"]["kernel"])) == 0.75  # kept fraction
+
+
+def test_state_for_other_paths_with_the_same_shapes_is_refused():
+    comp = jp.magnitude_pruning(0.5)
+    s = comp.init(_tree())
+    other = {"c": _tree()["a"], "d": _tree()["b"]}  # same shapes, other paths
+    with pytest.raises(ValueError, match="built for parameters at other paths"):
+        comp.apply(other, s)
+    with pytest.raises(ValueError, match="other paths"):
+        comp.update(other, s, step=0)

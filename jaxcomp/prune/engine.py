@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.experimental import checkify
 
 from jaxcomp.core.base import Compressor, MaskedNode
 from jaxcomp.core.errors import list_paths
@@ -111,7 +112,17 @@ class Selection:
         return [leaves[i] for i in self.idx]
 
     def masks_of(self, masks: Any) -> list[jax.Array]:
-        ms = jax.tree_util.tree_leaves(masks, is_leaf=is_leaf)
+        flat = leaves_with_paths(masks)
+        ms = [m for _, m in flat]
+        mpaths = [p for p, _ in flat]
+        if len(ms) == len(self.idx) and mpaths != self.sel_paths:
+            moved = [f"{a} (state) vs {b} (params)" for a, b in zip(mpaths, self.sel_paths)
+                     if a != b]
+            raise ValueError(
+                f"{self.what}: the state was built for parameters at other paths:\n"
+                f"{list_paths(moved)}\nThe state is matched to params by path, not by "
+                "position: re-run init on the params you train."
+            )
         shapes_ok = len(ms) == len(self.idx) and all(
             tuple(np.shape(m)) == tuple(np.shape(self.leaves[i])) for m, i in zip(ms, self.idx))
         if not shapes_ok:
@@ -189,7 +200,7 @@ def build_pruning(
             check_finite({p: x for p, x in zip(sel.sel_paths, leaves)}, f"{name}: params")
         step0 = jnp.zeros((), jnp.int32)
         if init_scores is not None:
-            s0 = schedule(step0)
+            s0 = _checked_sparsity(name, schedule(step0), step0)
             keeps, frac = compute_keep(config, init_scores(leaves), sel.sel_paths, s0,
                                        step=step0, path_map=pm)
         else:
@@ -249,6 +260,7 @@ def build_pruning(
             return list(ms), state.sparsity, state.pruned_fraction, list(ws)
 
         do = schedule.is_update_step(step)
+        do = _valid_sparsity_guard(name, schedule, step, do)
         operand = list(leaves) if carried else []
         if _is_tracer(do):
             keeps, s, frac, new_leaves = lax.cond(do, recompute, keep, operand)
@@ -288,6 +300,40 @@ def build_pruning(
             return state.sparsity >= final
 
     return Compressor(init, apply, update, project, due, reached)
+
+
+def _checked_sparsity(name: str, s: jax.Array, step: jax.Array) -> jax.Array:
+    """``s`` at ``init``; a traced value outside ``[0, 1)`` becomes 0 (dense) and is reported
+    to ``checkify`` (a concrete one is refused by the mask functions)."""
+    if not _is_tracer(s):
+        return s
+    valid = (s >= 0.0) & (s < 1.0)
+    checkify.debug_check(valid, f"{name}: the sparsity schedule gives {{s}} at step {{t}}, "
+                         "outside [0, 1); the masks stay dense", s=s, t=step)
+    return jnp.where(valid, s, jnp.zeros_like(s))
+
+
+def _valid_sparsity_guard(name: str, schedule: Schedule, step: jax.Array, do: Any) -> Any:
+    """Refuses a sparsity outside ``[0, 1)`` (or NaN) at an update step.
+
+    Concrete: a ``ValueError`` naming the step and the value. Traced (under
+    ``jit``, where nothing can be raised): the update is skipped, so the
+    masks keep their last valid value, and a ``checkify`` check reports it to
+    callers that run the step under :func:`jax.experimental.checkify.checkify`.
+    """
+    s = schedule(step)
+    valid = (s >= 0.0) & (s < 1.0)  # False for NaN
+    if not (_is_tracer(valid) or _is_tracer(do)):
+        if bool(do) and not bool(valid):
+            raise ValueError(
+                f"{name}: the sparsity schedule gives {float(s)!r} at step {int(step)}; a "
+                "sparsity must lie in [0, 1) (1 would prune every weight). Fix the schedule "
+                "(optax schedules are not clipped)."
+            )
+        return do
+    checkify.debug_check(valid | ~do, f"{name}: the sparsity schedule gives {{s}} at step "
+                         "{t}, outside [0, 1); the mask update was skipped", s=s, t=step)
+    return do & valid
 
 
 def nm_sparsity_check(pattern: Any, sparsity: Any, name: str) -> None:

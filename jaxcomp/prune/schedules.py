@@ -243,6 +243,11 @@ def polynomial_schedule(
     dt = _check_step("update_every", update_every, 1)
     if t1 <= t0:
         raise ValueError(f"end_step={t1} must be greater than begin_step={t0}")
+    if si > sf:
+        raise ValueError(
+            f"polynomial_schedule: initial_sparsity={si} is above final_sparsity={sf}; pruned "
+            "weights do not come back, so the sparsity must not decrease (swap them?)"
+        )
     if not power > 0:
         raise ValueError(f"power={power!r} must be positive (3 for Zhu & Gupta's cubic schedule)")
     span = float(t1 - t0)
@@ -310,13 +315,16 @@ def as_schedule(value: Any, *, update_every: int | None = None, what: str = "spa
         if isinstance(update_every, (jax.Array, np.ndarray)) and np.ndim(update_every) == 0:
             update_every = int(update_every)
         n = _check_step("update_every", update_every, 1)
+    # Values of callables and injected constants are not clipped: a pruning compressor refuses
+    # one outside [0, 1) at an update step (an error when concrete; under jit the update is
+    # skipped and a checkify check reports it).
     if callable(value):
         fn = value
-        return Schedule(lambda t: jnp.clip(jnp.asarray(fn(t), jnp.float32), 0.0, 1.0),
+        return Schedule(lambda t: jnp.asarray(fn(t), jnp.float32),
                         _every(n), None, f"{getattr(fn, '__name__', 'callable')}, every {n}")
     if isinstance(value, jax.core.Tracer) and np.ndim(value) == 0:
         # an injected hyperparameter (jaxcomp.inject_hyperparams): a traced constant
-        v = jnp.clip(jnp.asarray(value, jnp.float32), 0.0, 1.0)
+        v = jnp.asarray(value, jnp.float32)
         return Schedule(lambda t: v, _every(n), None, f"injected, every {n}")
     if isinstance(value, (jax.Array, np.ndarray)) and np.ndim(value) == 0:
         value = float(value)
