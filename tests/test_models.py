@@ -518,3 +518,56 @@ def test_nnx_factory_follows_overrides_and_load_checks_shapes():
     assert [n for n in ALL if get_model(n).nnx_factory is not None] == [
         "kd_student", "kd_teacher", "lenet300", "lottery_mlp", "mnist1d_mlp"
     ]  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- override checks
+
+
+@pytest.mark.parametrize(
+    "name, overrides, exc, match",
+    [
+        ("lenet300", {"num_classes": -3}, ValueError, r"num_classes=-3 must be a positive"),
+        ("resnet20", {"num_classes": 0}, ValueError, r"num_classes=0 must be a positive"),
+        ("lenet300", {"num_classes": "10"}, TypeError, r"num_classes='10' must be an int"),
+        ("lenet300", {"num_classes": 2.5}, TypeError, r"num_classes=2.5 must be an int"),
+        ("lenet300", {"num_classes": True}, TypeError, r"num_classes=True must be an int"),
+        ("lenet300", {"hidden": (300, 0)}, ValueError, r"hidden\[1\]=0 must be a positive"),
+        ("lenet300", {"hidden": 300}, TypeError, r"hidden=300 must be a list or tuple"),
+        ("lenet300", {"hidden": (300, "100")}, TypeError, r"hidden\[1\]='100' must be an int"),
+        ("lenet300", {"dropout": 1.0}, ValueError, r"dropout=1.0 must lie in \[0.0, 1.0\)"),
+        ("lenet300", {"dropout": float("nan")}, ValueError, r"dropout=nan must be finite"),
+        ("lenet300", {"dropout": "0.5"}, TypeError, r"dropout='0.5' must be a real number"),
+        ("mnist1d_cnn", {"channels": -1}, ValueError, r"channels=-1 must be a positive"),
+        ("mnist1d_gru", {"hidden": 0}, ValueError, r"hidden=0 must be a positive"),
+        ("mnist1d_gru", {"bidirectional": 1}, TypeError, r"bidirectional=1 must be a bool"),
+        ("resnet20", {"widths": ()}, ValueError, r"widths=\(\) must not be empty"),
+        ("resnet20", {"widths": (16, -32, 64)}, ValueError, r"widths\[1\]=-32 must be a positive"),
+        ("resnet20", {"shortcut": None}, TypeError, r"shortcut=None must be a string"),
+        ("vgg_small", {"cfg": (8, "X")}, ValueError, r"cfg\[1\]='X' must be one of 'M' or a"),
+        ("vgg_small", {"cfg": (8, "M", 0)}, ValueError, r"cfg\[2\]=0 must be a positive"),
+        ("mobilenet_small", {"alpha": 0.0}, ValueError, r"alpha=0.0 must lie in \(0.0, inf\)"),
+        ("mobilenet_small", {"blocks": ((64,),)}, ValueError, r"blocks\[0\]=\(64,\) must have 2"),
+        ("mobilenet_small", {"blocks": ((64, 0),)}, ValueError, r"blocks\[0\]\[1\]=0 must be a"),
+        ("tiny_transformer", {"vocab_size": 0}, ValueError, r"vocab_size=0 must be a positive"),
+        ("tiny_transformer", {"num_heads": -2}, ValueError, r"num_heads=-2 must be a positive"),
+    ],
+)
+def test_invalid_overrides_name_the_override(name, overrides, exc, match):
+    with pytest.raises(exc, match=rf"get_model\('{name}'\): override {match}"):
+        get_model(name, **overrides)
+
+
+def test_valid_override_forms_still_build():
+    # lists for tuples, NumPy ints for ints, ints for floats, an empty hidden list (logistic)
+    spec = get_model("lenet300", num_classes=np.int64(3), hidden=[8], dropout=0)
+    assert spec.num_classes == 3 and type(spec.config["num_classes"]) is int
+    assert spec.expected_params == 784 * 8 + 8 + 8 * 3 + 3
+    assert get_model("mnist1d_mlp", hidden=[], residual=False).expected_params == 40 * 10 + 10
+    assert get_model("mobilenet_small", alpha=1, blocks=[(32, 1), [64, 2]]).num_classes == 10
+    assert get_model("vgg_small", cfg=[8, "M"]).config["cfg"] == [8, "M"]
+
+
+def test_builder_errors_keep_their_type_with_a_note():
+    with pytest.raises(ValueError, match="not divisible by num_heads") as err:
+        get_model("tiny_transformer", d_model=30, num_heads=4)
+    assert "while building model 'tiny_transformer'" in "".join(err.value.__notes__)

@@ -33,6 +33,8 @@ import dataclasses
 import difflib
 import functools
 import inspect
+import math
+import numbers
 import types
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -40,11 +42,23 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from numpy import bool_ as np_bool
 
 __all__ = ["ModelSpec", "get_model", "list_models", "register_model"]
 
 # Names a Module dataclass accepts but that are not architecture overrides.
 _NON_OVERRIDES = frozenset({"parent", "name"})
+
+# Overrides that are sizes or counts: an int (or every int of a sequence) must be >= 1.
+_POSITIVE_SIZES = frozenset({
+    "num_classes", "in_features", "hidden", "channels", "widths", "stage_sizes", "cfg",
+    "blocks", "vocab_size", "seq_len", "d_model", "num_heads", "mlp_dim", "num_layers",
+    "image_size", "depth",
+})
+# Sequence overrides that may not be empty.
+_NON_EMPTY = frozenset({"widths", "stage_sizes"})
+# Real-valued overrides with a range: (low, high, low_inclusive, high_inclusive).
+_RANGES = {"dropout": (0.0, 1.0, True, False), "alpha": (0.0, None, False, True)}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -328,6 +342,78 @@ def _unknown_name_message(name: str) -> str:
     return msg + " Available: " + ", ".join(close + rest)
 
 
+def _kind(x: Any) -> str:
+    if isinstance(x, (bool, np_bool)):
+        return "bool"
+    if isinstance(x, numbers.Integral):
+        return "int"
+    if isinstance(x, numbers.Real):
+        return "float"
+    if isinstance(x, str):
+        return "str"
+    if isinstance(x, (tuple, list)):
+        return "sequence"
+    return type(x).__name__
+
+
+_KIND_WORDS = {"bool": "a bool", "int": "an int", "float": "a real number", "str": "a string",
+               "sequence": "a list or tuple"}
+
+
+def _check_override(model: str, key: str, value: Any, default: Any, at: str = "") -> Any:
+    """Checks one override against its default's type and the value rules; returns it."""
+    label = f"get_model({model!r}): override {key}{at}={value!r}"
+    want, got = _kind(default), _kind(value)
+    if want == "float" and got == "int":
+        got = "float"
+    if want not in _KIND_WORDS:  # defaults of other types (None, modules, ...) are not checked
+        return value
+    if got != want:
+        raise TypeError(f"{label} must be {_KIND_WORDS[want]} like the default {default!r}, "
+                        f"got {type(value).__name__}")
+    if want == "int":
+        value = int(value)
+        if key in _POSITIVE_SIZES and value < 1:
+            raise ValueError(f"{label} must be a positive int (it is a size or a count)")
+    elif want == "float":
+        if not math.isfinite(value):
+            raise ValueError(f"{label} must be finite")
+        if key in _RANGES:
+            lo, hi, lo_in, hi_in = _RANGES[key]
+            if (value < lo or (value == lo and not lo_in)) or (
+                hi is not None and (value > hi or (value == hi and not hi_in))
+            ):
+                close = ")" if hi is None or not hi_in else "]"
+                interval = f"{'[' if lo_in else '('}{lo}, {'inf' if hi is None else hi}{close}"
+                raise ValueError(f"{label} must lie in {interval}")
+    elif want == "sequence":
+        if not value and key in _NON_EMPTY:
+            raise ValueError(f"{label} must not be empty")
+        examples = list(default)
+        if at and examples and len(value) != len(examples):
+            raise ValueError(f"{label} must have {len(examples)} items like {default!r}")
+        out = []
+        for i, item in enumerate(value):
+            allowed = [e for e in examples if _kind(e) == _kind(item)
+                       or (_kind(e) == "float" and _kind(item) == "int")]
+            if not allowed:
+                kinds = sorted({_KIND_WORDS.get(_kind(e), _kind(e)) for e in examples})
+                raise TypeError(
+                    f"get_model({model!r}): override {key}{at}[{i}]={item!r} must be "
+                    f"{' or '.join(kinds) or 'absent (the default is empty)'}, "
+                    f"got {type(item).__name__}"
+                )
+            if _kind(item) == "str" and item not in examples:
+                options = ", ".join(dict.fromkeys(repr(e) for e in examples if isinstance(e, str)))
+                raise ValueError(
+                    f"get_model({model!r}): override {key}{at}[{i}]={item!r} must be one of "
+                    f"{options} or a number"
+                )
+            out.append(_check_override(model, key, item, allowed[0], f"{at}[{i}]"))
+        value = type(value)(out)
+    return value
+
+
 def get_model(name: str, **overrides: Any) -> ModelSpec:
     """Looks up a registered model, optionally with keyword overrides.
 
@@ -341,15 +427,29 @@ def get_model(name: str, **overrides: Any) -> ModelSpec:
       ``expected_macs`` come from the model's cost formula (``None`` if it has
       none).
 
+    Every override is checked against the builder's default before the model
+    is built: it must have the default's type (a bool for a bool, an int for
+    an int, a real number for a float, a string for a string, a list or tuple
+    whose items have the types of the default's items); sizes and counts
+    (``num_classes``, ``hidden``, ``widths``, ``channels``, ``d_model``, ...)
+    must be positive, ``dropout`` must lie in ``[0, 1)`` and ``alpha`` be
+    positive.
+
     Raises:
-      ValueError: unknown name; the message lists close matches first, then
-        every registered name.
-      TypeError: an override the model does not accept.
+      ValueError: unknown name (the message lists close matches first, then
+        every registered name), or an override with a bad value (e.g.
+        ``num_classes=0``); the message names the override.
+      TypeError: an override the model does not accept, or one of the wrong
+        type (e.g. ``num_classes="10"``).
 
     Example:
       >>> from jaxcomp.models import get_model
       >>> get_model("resnet20", num_classes=100).num_classes
       100
+      >>> get_model("resnet20", num_classes=-3)  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+        ...
+      ValueError: get_model('resnet20'): override num_classes=-3 must be a positive int ...
     """
     if not isinstance(name, str) or name not in _REGISTRY:
         raise ValueError(_unknown_name_message(str(name)))
@@ -362,8 +462,13 @@ def get_model(name: str, **overrides: Any) -> ModelSpec:
             + ", ".join(repr(b) for b in bad)
             + f"; accepted overrides: {accepted}"
         )
+    overrides = {k: _check_override(name, k, v, entry.defaults[k]) for k, v in overrides.items()}
     config = {**entry.defaults, **overrides}
-    module = entry.builder(**config)
+    try:
+        module = entry.builder(**config)
+    except (ValueError, TypeError) as e:
+        e.add_note(f"while building model {name!r} with overrides {overrides}")
+        raise
     if not isinstance(module, nn.Module):
         raise TypeError(f"builder of model '{name}' returned {type(module).__name__}, not a Module")
 
