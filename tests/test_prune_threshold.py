@@ -162,3 +162,39 @@ def test_sharded_global_threshold_over_several_leaves():
     assert sum(int((~got[n]).sum()) for n in specs) == round(0.8 * total)
     for n in specs:
         np.testing.assert_array_equal(np.asarray(got[n]), np.asarray(want[n]))
+
+
+# ------------------------------------------------------------ exact prune counts
+
+
+@settings(max_examples=200, deadline=None)
+@given(d=st.integers(0, 999_999), n=st.one_of(st.integers(0, 1000), st.integers(0, 2**31 - 1)))
+def test_num_pruned_counts_six_decimal_sparsities_exactly(d, n):
+    from fractions import Fraction
+
+    want = round(Fraction(d, 10**6) * n)  # exact, halves to even
+    assert jp.num_pruned(d / 10**6, n) == want
+
+
+def test_num_pruned_is_exact_for_resnet50_and_agrees_under_jit():
+    n = 25_557_032
+    assert jp.num_pruned(0.9, n) == 23_001_329  # 0.9 * n = 23,001,328.8
+    f = jax.jit(jp.num_pruned, static_argnums=1)
+    assert int(f(jnp.float32(0.9), n)) == 23_001_329
+    # half-integer boundaries: eager and jit agree (and round halves to even)
+    for s, size, want in [(0.1, 5, 0), (0.3, 5, 2), (0.5, 5, 2), (0.7, 5, 4), (0.25, 2, 0),
+                          (0.5, 3, 2), (0.125, 4, 0), (0.375, 4, 2)]:
+        assert jp.num_pruned(s, size) == want == int(f(jnp.float32(s), size)), (s, size)
+
+
+@settings(max_examples=40, deadline=None)
+@given(bits=st.integers(0, 0x3F7FFFFF), n=st.integers(0, 2**31 - 1))
+def test_num_pruned_eager_equals_jit_for_any_float32_sparsity(bits, n):
+    s = np.array(bits, np.uint32).view(np.float32)[()]  # every float32 in [0, 1)
+    got = jp.num_pruned(float(s), n)
+    assert got == int(_NUM_PRUNED_JIT(jnp.float32(s), n))
+    assert 0 <= got <= n
+    assert abs(got - float(s) * n) <= max(1.0, float(s) * n * 2**-23)
+
+
+_NUM_PRUNED_JIT = jax.jit(jp.num_pruned, static_argnums=1)

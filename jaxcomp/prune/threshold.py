@@ -39,6 +39,8 @@ most ``2**31 - 1`` selected elements in total.
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import functools
 from collections.abc import Sequence
 from typing import Any
@@ -153,21 +155,66 @@ def _tie_cut(key: jax.Array, t: jax.Array, r: jax.Array, partial: jax.Array) -> 
     return jnp.where(partial, j, last)
 
 
+_DECIMALS = 10**6  # sparsities with up to six decimals are counted from their decimal value
+
+
+def _round_div_decimal(m: jax.Array, size: int) -> jax.Array:
+    """``round_half_even(m * size / 10**6)`` exactly, with int32 arithmetic only.
+
+    ``m`` is a traced int32 in ``[0, 10**6]`` and ``size < 2**31`` is static.
+    Writing ``size = a*D + b`` and ``m = m1*2**10 + m0`` keeps every
+    intermediate product below ``2**31``.
+    """
+    d = _DECIMALS
+    a, b = divmod(int(size), d)
+    m = m.astype(jnp.int32)
+    m1, m0 = m >> 10, m & 1023
+    u = m1 * b  # < 2**30
+    uq, ur = u // d, u % d
+    v = ur * 1024 + m0 * b  # < 2**31
+    vq, r = v // d, v % d
+    q = m * a + uq * 1024 + vq
+    up = (2 * r > d) | ((2 * r == d) & (q % 2 == 1))
+    return q + up.astype(jnp.int32)
+
+
 def num_pruned(sparsity: Any, size: int) -> Any:
     """How many of ``size`` elements a ``sparsity`` prunes: ``round(sparsity * size)``.
 
-    Halves round to even (Python's and ``jnp.round``'s rule). A concrete
-    sparsity is multiplied in float64 (exactly Python's ``round(s * n)``); a
-    traced one in float32. The result is clipped to ``[0, size]``.
+    The same integer comes out eagerly and under ``jit`` (both compute from
+    the float32 value of the sparsity, as a compressor's state holds it), and
+    it is exact for large ``size``: a sparsity whose float32 value is that of
+    a decimal with at most six places (0.9, 0.75, 0.123456) counts as that
+    decimal, ``round(d * size)`` in exact integer arithmetic (ResNet-50's
+    25,557,032 weights at 0.9 prune 23,001,329); any other value (a gradual
+    schedule between its end points) as ``round(float32(s) * size)``. Halves
+    round to even (Python's and ``jnp.round``'s rule). The result is clipped
+    to ``[0, size]``; a concrete sparsity gives a Python int.
 
     Example:
-      >>> num_pruned(0.5, 5), num_pruned(0.9, 1000)
-      (2, 900)
+      >>> num_pruned(0.5, 5), num_pruned(0.9, 1000), num_pruned(0.9, 25_557_032)
+      (2, 900, 23001329)
     """
+    if not 0 <= int(size) < 2**31:
+        raise ValueError(f"num_pruned: size={size} must lie in [0, 2**31)")
+    size = int(size)
     if _is_tracer(sparsity) or isinstance(sparsity, jax.Array) and not _concrete_scalar(sparsity):
         s = jnp.asarray(sparsity, jnp.float32)
-        return jnp.clip(jnp.round(s * np.float32(size)), 0, size).astype(jnp.int32)
-    k = int(np.round(np.float64(sparsity) * size))
+        m = jnp.round(s * np.float32(_DECIMALS))
+        is_decimal = (m >= 0) & (m <= _DECIMALS) & (
+            m.astype(jnp.float32) / np.float32(_DECIMALS) == s)
+        exact = _round_div_decimal(jnp.clip(m, 0, _DECIMALS).astype(jnp.int32), size)
+        approx_f = jnp.round(s * np.float32(size))
+        big = approx_f >= np.float32(size)  # also where float32(size) rounds above size
+        approx = jnp.where(big, size, jnp.where(big, np.float32(0), approx_f).astype(jnp.int32))
+        return jnp.clip(jnp.where(is_decimal, exact, approx), 0, size).astype(jnp.int32)
+    # the same float32 operations on the host (IEEE single ops round alike), exact integers
+    s = np.float32(sparsity)
+    m = float(np.round(s * np.float32(_DECIMALS)))
+    if 0 <= m <= _DECIMALS and np.float32(m) / np.float32(_DECIMALS) == s:
+        k = round(Fraction(int(m), _DECIMALS) * size)
+    else:
+        k = int(np.round(s * np.float32(size)))
     return min(max(k, 0), size)
 
 
