@@ -288,8 +288,8 @@ def host_scheduled(compressor: Compressor, *, due: Callable[[int], Any] | None =
     loop calls ``sched(params, state, step=t)`` after it: a compiled
     ``comp.update`` on the steps where ``comp.due(t)`` holds, nothing
     otherwise. The result equals ``comp.update`` inside the step, and the
-    step holds no ``lax.cond`` (whose mere presence costs a few percent per
-    step on small memory-bound models: ``benchmarks/prune_train_step.py``).
+    step holds no ``lax.cond`` (its cost is measured in
+    ``benchmarks/RESULTS.md``).
 
     Args:
       compressor: any compressor with a ``due`` (or pass ``due=``).

@@ -23,9 +23,8 @@ variables, so no gradient reaches it. Its variables are either closed over
 with ``teacher_variables=None``, read from ``model_state["teacher"]`` so they
 are ordinary (shardable, donatable) arguments of the jitted step. The loss
 then returns them unchanged in the new model state; without buffer donation
-XLA copies them every step (about 1.5 ms for the 2.4M-parameter ``kd_teacher``
-on 2 CPU cores), with donation (``make_train_step(..., donate=True)``) the
-copy disappears (see ``benchmarks/distill_step.py``).
+XLA copies them every step, with donation (``make_train_step(...,
+donate=True)``) it does not (figures in ``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations

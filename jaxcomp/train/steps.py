@@ -139,9 +139,8 @@ def make_train_step(
     6. increments ``state.step``.
 
     ``compressor_update="host"`` moves the decision "is the update due?" to
-    the host, so the compiled step holds no ``lax.cond``: on a small
-    memory-bound model that ``cond`` costs a few percent of every step
-    (``benchmarks/prune_train_step.py``). The returned step then has
+    the host, so the compiled step holds no ``lax.cond`` (whose cost is
+    measured in ``benchmarks/RESULTS.md``). The returned step then has
     ``step.host_update(state, t) -> state``, which :func:`~jaxcomp.train.fit`
     calls after every step (``t``: the index of the step just taken). It runs
     a separately compiled ``compressor.update(params, cstate, step=t)`` on the
