@@ -195,3 +195,64 @@ def test_resolve_is_static_under_jit():
     out = f(_params())
     assert float(out["Dense_0"]["kernel"].sum()) == 0 and float(out["Dense_0"]["bias"].sum()) == 0
     np.testing.assert_array_equal(out["steps"], 0)
+
+
+class _PairError(Exception):
+    """An exception whose constructor takes two required arguments."""
+
+    def __init__(self, code, detail):
+        super().__init__(code, detail)
+        self.code, self.detail = code, detail
+
+
+def _raising_where(raised):
+    def where(path, leaf):
+        if path == "Dense_0/kernel":
+            raised.append(_PairError(7, "no kernels"))
+            raise raised[-1]
+        return True
+
+    return where
+
+
+@pytest.mark.parametrize("under_jit", [False, True])
+def test_callable_exception_is_reraised_unchanged_with_a_note(under_jit):
+    raised = []
+    where = _raising_where(raised)
+
+    def run(p):
+        select.resolve(where, p)
+        return p["steps"]
+
+    with pytest.raises(_PairError) as err:
+        (jax.jit(run) if under_jit else run)(_params())
+    assert err.value is raised[-1]  # the very object the callable raised, not a rebuilt one
+    assert (err.value.code, err.value.detail) == (7, "no kernels")
+    assert any("where=where failed on parameter 'Dense_0/kernel'" in n for n in err.value.__notes__)
+
+
+@pytest.mark.parametrize("under_jit", [False, True])
+def test_rules_callable_exception_is_reraised_unchanged_with_a_note(under_jit):
+    raised = []
+    r = select.rules([(r"block_0/.*", "conv"), (_raising_where(raised), "rest")])
+
+    def run(p):
+        r(p)
+        return p["steps"]
+
+    with pytest.raises(_PairError) as err:
+        (jax.jit(run) if under_jit else run)(_params())
+    assert err.value is raised[-1]
+    assert any("rule 1" in n and "'Dense_0/kernel'" in n for n in err.value.__notes__)
+
+
+def test_value_dependent_callable_under_jit_keeps_jax_error_and_explains():
+    def positive(path, leaf):
+        return bool(jnp.all(leaf > 0))  # needs values: impossible on traced leaves
+
+    assert select.resolve(positive, _params(), allow_empty=True)["Dense_0"]["kernel"] is True
+    with pytest.raises(jax.errors.TracerBoolConversionError) as err:
+        jax.jit(lambda p: select.resolve(positive, p, allow_empty=True)["steps"] * p["steps"])(
+            _params())
+    notes = "\n".join(err.value.__notes__)
+    assert "failed on parameter" in notes and "decide from the path, shape and dtype" in notes

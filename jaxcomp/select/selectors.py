@@ -222,6 +222,16 @@ def _describe(where: Any) -> str:
     return f"where={getattr(where, '__name__', type(where).__name__)}"
 
 
+def _note_failure(e: BaseException, what: str, path: str) -> None:
+    """Adds where/path context to an exception raised by a user predicate (kept unchanged)."""
+    e.add_note(f"{what} failed on parameter '{path}'")
+    if isinstance(e, jax.errors.ConcretizationTypeError):
+        e.add_note(
+            "where= predicates run on the parameter tree as it is when traced (under jax.jit "
+            "the leaves are abstract): decide from the path, shape and dtype, not from values"
+        )
+
+
 def _broadcast_bool_tree(where: Any, params: Any) -> Any:
     """Broadcasts a bool tree that is a prefix of ``params`` to its full structure."""
 
@@ -268,6 +278,8 @@ def resolve(where: Where, params: Any, *, allow_empty: bool = False, default: bo
       ValueError: a pattern that matches nothing (listing the available paths,
         closest first), an invalid regex, or a bool tree of the wrong structure.
       TypeError: an unsupported ``where`` type.
+      Exception: whatever a ``where`` callable raises, re-raised unchanged (same
+        object and type) with a note naming ``where`` and the parameter path.
 
     Example:
       >>> import jax.numpy as jnp
@@ -299,7 +311,8 @@ def resolve(where: Where, params: Any, *, allow_empty: bool = False, default: bo
         try:
             flags.append(bool(sel(p, leaf)))
         except Exception as e:
-            raise type(e)(f"{_describe(where)} failed on parameter '{p}': {e}") from e
+            _note_failure(e, _describe(where), p)
+            raise
     if not allow_empty and flat and not any(flags):
         avail = [path_str(kp) for kp, _ in flat]
         hint = where if isinstance(where, str) else None
@@ -352,7 +365,12 @@ class Rules:
         for kp, leaf in flat:
             p = path_str(kp)
             for i, (sel, label, _) in enumerate(self.rules):
-                if sel(p, leaf):
+                try:
+                    hit = sel(p, leaf)
+                except Exception as e:
+                    _note_failure(e, f"select.rules: rule {i} ({sel.description} -> '{label}')", p)
+                    raise
+                if hit:
                     labels.append(label)
                     used[i] = True
                     break
