@@ -241,3 +241,34 @@ def test_codebook_under_jit_follows_take():
     f = jax.jit(lambda i: jc.Codebook(cent, i).materialize())
     out = np.asarray(f(jnp.array([0, -1, 3, -4])))
     assert out[:2].tolist() == [-1.0, 2.0] and np.isnan(out[2:]).all()
+
+
+def test_rebuilt_nodes_are_not_validated_so_optimizers_can_hold_float_moments():
+    # Adam's moments share the params' structure: their QArray/Codebook slots for integer
+    # codes and indices hold floats. Rebuilding a node is structural and must not reject them.
+    import optax
+
+    params = {
+        "q": jc.QArray(jnp.array([[-2, 0], [3, 1]], jnp.int8), jnp.float32(0.5), jnp.int8(0),
+                       bits=4),
+        "c": jc.Codebook(jnp.array([-1.0, 2.0]), jnp.array([1, 0, 1])),
+    }
+    tx = optax.adam(0.1)
+
+    @jax.jit
+    def step(p, o):
+        g = jax.grad(lambda t: sum(jnp.sum(v**2) for v in jax.tree.leaves(jc.materialize(t))),
+                     allow_int=True)(p)
+        g = jax.tree.map(lambda g, x: jnp.zeros_like(x) if g.dtype == jax.dtypes.float0 else g,
+                         g, p)
+        u, o = tx.update(g, o, p)
+        return optax.apply_updates(p, u), o
+
+    p, o = step(params, tx.init(params))
+    mu = o[0].mu
+    assert mu["q"].values.dtype == jnp.float32 and mu["c"].indices.dtype == jnp.float32
+    assert p["q"].values.tolist() == [[-2, 0], [3, 1]] and p["c"].indices.tolist() == [1, 0, 1]
+    assert float(p["q"].scale) < 0.5  # the learned step size moved
+    # a rebuilt node keeps the field names as pytree keys
+    keys = [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_flatten_with_path(p["q"])[0]]
+    assert keys == [".values", ".scale", ".zero_point"]

@@ -57,6 +57,14 @@ def compressed_leaf(cls: type[T]) -> type[T]:
 
     Fields declared with :func:`static_field` become static metadata; all other
     fields are pytree children (arrays that jit traces and grad differentiates).
+    The pytree keys are the field names (``GetAttrKey``), as for
+    :func:`jax.tree_util.register_dataclass`.
+
+    Validation in ``__post_init__`` runs when code constructs a leaf. JAX
+    rebuilding a node from its children (``tree_map``, the outputs of ``jit``,
+    gradients, optimizer moments that share the parameters' structure) does
+    not call ``__init__``: such a node holds whatever arrays the transformation
+    produced (e.g. float Adam moments in the slot of integer codes).
 
     Example:
       >>> import jax.numpy as jnp
@@ -75,7 +83,24 @@ def compressed_leaf(cls: type[T]) -> type[T]:
     data, meta = [], []
     for f in dataclasses.fields(cls):
         (meta if f.metadata.get("static", False) else data).append(f.name)
-    jax.tree_util.register_dataclass(cls, data_fields=data, meta_fields=meta)
+
+    def flatten_with_keys(x):
+        children = [(jax.tree_util.GetAttrKey(n), getattr(x, n)) for n in data]
+        return children, tuple(getattr(x, n) for n in meta)
+
+    def flatten(x):
+        return [getattr(x, n) for n in data], tuple(getattr(x, n) for n in meta)
+
+    def unflatten(aux, children):
+        # Structural rebuild: no __init__, so no validation of transformed children.
+        obj = object.__new__(cls)
+        for n, v in zip(meta, aux):
+            object.__setattr__(obj, n, v)
+        for n, v in zip(data, children):
+            object.__setattr__(obj, n, v)
+        return obj
+
+    jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
     return cls
 
 
@@ -288,11 +313,13 @@ class QArray(CompressedLeaf):
     Validation: when ``values`` is concrete (a NumPy array or a JAX array
     outside a trace), construction checks that it has an integer dtype and
     that every code fits in ``bits`` at that signedness, so ``storage_bits()``
-    describes what is really stored. Under ``jit``/``grad``/``vmap`` the codes
-    are tracers whose values are unknown: only the static checks run (bits,
-    shapes, dtype width), no value is inspected, and ``materialize()`` computes
-    the affine map on whatever codes it is given; validate the codes before
-    tracing. Gradient cotangents (``float0`` codes) pass through unchecked.
+    describes what is really stored. A ``QArray`` constructed inside
+    ``jit``/``grad``/``vmap`` sees tracers whose values are unknown: only the
+    static checks run (bits, shapes, dtype width), no value is inspected, and
+    ``materialize()`` computes the affine map on whatever codes it is given;
+    validate the codes before tracing. Nodes that JAX rebuilds from their
+    children (``tree_map``, ``jit`` outputs, gradients, optimizer moments) are
+    not validated (see :func:`compressed_leaf`).
 
     Raises:
       ValueError: ``bits`` outside ``[1, 32]`` or wider than ``values``' dtype,
@@ -416,7 +443,8 @@ class Codebook(CompressedLeaf):
     ``jit``/``grad``/``vmap`` the indices are tracers and are not inspected;
     there ``materialize()`` follows ``jnp.take``: an index in ``[-k, 0)``
     wraps around to ``k + index`` and any other out-of-range index gives NaN.
-    Validate the indices before tracing.
+    Validate the indices before tracing. Nodes that JAX rebuilds from their
+    children are not validated (see :func:`compressed_leaf`).
 
     Raises:
       ValueError: ``centroids`` is not a vector, or concrete indices are
