@@ -160,7 +160,7 @@ def test_errors():
         imp_round_masks(p, {"fc1": p["fc1"]}, 0.2)
     bad = jax.tree.map(lambda x: jnp.ones(x.shape, bool), p)
     bad["fc2"]["kernel"] = jnp.ones((4, 10), bool)
-    with pytest.raises(ValueError, match="mask 'fc2/kernel' has shape"):
+    with pytest.raises(ValueError, match="'fc2/kernel' in masks has shape"):
         imp_round_masks(p, bad, 0.2)
     nan = jax.tree.map(lambda x: x, p)
     nan["fc1"]["kernel"] = nan["fc1"]["kernel"].at[0, 0].set(jnp.nan)
@@ -170,3 +170,42 @@ def test_errors():
         lottery_ticket(lambda p, m: p, p, rounds=0)
     with pytest.raises(TypeError, match="bool"):
         fixed_mask({"w": jnp.ones(3)})
+
+
+def test_rates_use_the_shared_rule_forms_and_refuse_unused_patterns():
+    p = _params()
+    by_map = imp_round_masks(p, None, 0.5, rates={r"fc2/.*": 0.25})
+    by_pairs = imp_round_masks(p, None, 0.5, rates=[(r"fc2/.*", 0.25)])
+    by_fn = imp_round_masks(p, None, 0.5, rates=lambda path, w: 0.25 if w.shape[1] == 4 else 0.5)
+    import ml_collections  # study configs hold rates in a ConfigDict
+
+    by_cfg = imp_round_masks(p, None, 0.5,
+                             rates=ml_collections.ConfigDict({"r": {"fc2/kernel": 0.25}}).r)
+    for m in (by_map, by_pairs, by_fn, by_cfg):
+        assert int((~m["fc1"]["kernel"]).sum()) == 100 and int((~m["fc2"]["kernel"]).sum()) == 10
+    # a misspelt pattern used to be ignored silently (every leaf then took `rate`)
+    with pytest.raises(ValueError, match=r"(?s)rates pattern 'fc3/.\*' matches no selected "
+                                         r"parameter path.*fc1/kernel"):
+        imp_round_masks(p, None, 0.5, rates={r"fc3/.*": 0.25})
+    # biases are not selected: a rate for them is an error too
+    with pytest.raises(ValueError, match="matches no selected parameter"):
+        imp_round_masks(p, None, 0.5, rates={r".*bias": 0.25})
+
+
+def test_fixed_mask_refuses_masks_of_another_shape_or_tree():
+    comp = fixed_mask({"w": jnp.array([True, False])})
+    # a (2,) mask used to broadcast silently over a (3, 2) parameter
+    with pytest.raises(ValueError, match=r"'w' in masks has shape \(2,\); the parameter has "
+                                         r"\(3, 2\)"):
+        comp.apply({"w": jnp.ones((3, 2))}, comp.init(None))
+    with pytest.raises(ValueError, match=r"only in masks:\n    w"):
+        comp.apply({"v": jnp.ones(2)}, comp.init(None))
+
+
+def test_sparsity_reads_masks_by_path():
+    p = _params()
+    m = imp_round_masks(p, None, 0.5)
+    res = lottery_ticket(lambda q, mm: q, p, rounds=1, rate=0.5)
+    assert res.sparsity == [0.0, 0.5]
+    with pytest.raises(ValueError, match="tree structure"):
+        rewind(p, {"fc1": m["fc1"], "fc3": m["fc2"]})

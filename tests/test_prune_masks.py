@@ -164,6 +164,22 @@ def test_erk_and_path_map_allocations():
         jp.magnitude_mask(p, 0.5, allocation="erk", scope="global")
 
 
+def test_allocation_maps_take_the_shared_rule_forms():
+    import ml_collections
+
+    p = tree()
+    cfg = ml_collections.ConfigDict({"alloc": {"conv/kernel": 0.25, "fc/kernel": 0.75}})
+    a = jp.magnitude_mask(p, 0.5, allocation=cfg.alloc)
+    b = jp.magnitude_mask(p, 0.5, allocation={r"conv/kernel": 0.25, r"fc/kernel": 0.75})
+    assert all(bool(jnp.all(x == y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    assert jp.path_sparsities(p, {jc.select.path(r"fc/.*"): 0.1}, default=0.2)["fc/kernel"] == 0.1
+    with pytest.raises(ValueError, match=r"sparsity map\['fc/.\*'\]=1.0 is outside"):
+        jp.magnitude_mask(p, 0.5, allocation={r"fc/.*": 1.0})
+    # a key that an earlier key takes entirely
+    with pytest.raises(ValueError, match="fc/kernel' gives no selected parameter its value"):
+        jp.magnitude_mask(p, 0.5, allocation={r".*": 0.5, r"fc/kernel": 0.1})
+
+
 def test_bad_inputs_name_the_path():
     p = tree()
     with pytest.raises(ValueError, match="outside"):

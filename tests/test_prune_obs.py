@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import jaxcomp as jc
 from jaxcomp.models import mlp
 from jaxcomp.prune.masks import magnitude_mask
 from jaxcomp.prune.obs import (
@@ -380,7 +381,7 @@ def test_obs_prune_bad_inputs():
     model, v, x = _mlp_setup()
     with pytest.raises(ValueError, match="chunk 0 contains NaN"):
         obs_prune(model.apply, v, x.at[3, 2].set(jnp.nan), 0.5)
-    with pytest.raises(ValueError, match="selects no parameter"):
+    with pytest.raises(ValueError, match="obs_prune: where='nothing/here' matches no parameter"):
         obs_prune(model.apply, v, x, 0.5, where=r"nothing/here")
     with pytest.raises(ValueError, match="fc2/kernel"):
         obs_prune(model.apply, v, x, {r"fc2/kernel": 1.0, r".*": 0.5})
@@ -392,6 +393,27 @@ def test_obs_prune_bad_inputs():
         obs_prune(model.apply, v, x[:0], 0.5)
     with pytest.raises(ValueError, match="chunk_size"):
         obs_prune(model.apply, v, x, 0.5, chunk_size=0)
+    # a sparsity pattern that matches no selected kernel used to be ignored silently
+    with pytest.raises(ValueError, match=r"(?s)sparsity pattern 'fc4/kernel' matches no selected "
+                                         r"kernel path.*fc1/kernel"):
+        obs_prune(model.apply, v, x, {r"fc4/kernel": 0.9, r".*": 0.5})
+
+
+def test_obs_prune_sparsity_rule_forms_and_compressed_leaves():
+    model, v, x = _mlp_setup()
+    res = obs_prune(model.apply, v, x, [(r"fc1/.*", 0.25), (r".*", 0.5)], blocksize=8)
+    assert [(s.path, s.sparsity) for s in res.layers] == [
+        ("fc1/kernel", 0.25), ("fc2/kernel", 0.5), ("fc3/kernel", 0.5)]
+    res2 = obs_prune(model.apply, v, x, lambda path, w: 0.25 if w.shape[0] == 16 else 0.5,
+                     blocksize=8)
+    assert [s.sparsity for s in res2.layers] == [0.25, 0.5, 0.5]
+    # a compressed leaf elsewhere in the tree is carried over whole
+    lr = jc.LowRank(jnp.ones((4, 2)), jnp.ones((2, 3)))
+    p = {**v["params"], "extra": {"kernel": lr}}
+    res3 = obs_prune(lambda q, xx: model.apply({"params": {k: q[k] for k in v["params"]}}, xx),
+                     p, x, 0.5, where=r"fc\d/kernel", blocksize=8)
+    assert res3.variables["extra"]["kernel"] is lr
+    assert [s.path for s in res3.layers] == ["fc1/kernel", "fc2/kernel", "fc3/kernel"]
 
 
 def test_in_kernel_selection_matches_smallest_k_masks():

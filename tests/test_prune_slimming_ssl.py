@@ -169,7 +169,7 @@ def test_slimming_errors():
         slimming_masks(p, 0.5, scope="row")
     with pytest.raises(ValueError, match="min_channels"):
         slimming_masks(p, 0.5, min_channels=0)
-    with pytest.raises(ValueError, match="no normalisation scale selected"):
+    with pytest.raises(ValueError, match="selects no normalisation scale"):
         slimming_penalty({"fc": {"kernel": jnp.ones((2, 2))}})
     with pytest.raises(ValueError, match="'fc/kernel' has shape"):
         slimming_penalty({"fc": {"kernel": jnp.ones((2, 2))}}, where=r"fc/kernel")
@@ -248,7 +248,7 @@ def test_ssl_errors():
         group_lasso(p, "rows")
     with pytest.raises(ValueError, match="weight=-1"):
         filter_lasso(p, weight=-1)
-    with pytest.raises(ValueError, match="selects no kernel"):
+    with pytest.raises(ValueError, match="matches no kernel"):
         filter_lasso(p, where=r"conv/.*")
     with pytest.raises(ValueError, match="'b/bias' has shape"):
         filter_lasso(p, where=r"b/bias")

@@ -357,8 +357,40 @@ def test_callable_spec():
         tree, lambda path, leaf: StorageSpec(bits=8, format="bitmask") if leaf.ndim == 2 else None
     )
     assert rep.row("w").total_bits == 40 and rep.row("b").total_bits == 128
-    with pytest.raises(TypeError, match="returned int for 'b'"):
+    with pytest.raises(TypeError, match="spec for 'b' must be a StorageSpec or None, got int"):
         model_size_bytes(tree, lambda path, leaf: 3)
+
+
+def test_spec_rules_share_the_selection_rule_engine():
+    from jaxcomp import select
+
+    x = _example_4x4()
+    tree = {"w": x, "v": x, "b": np.ones(4, np.float32)}
+    csr = StorageSpec(bits=8, format="csr")
+    # a None rule keeps a leaf dense; Selector patterns work as keys
+    rep = model_size_bytes(tree, [(r"v", None), (select.ndim(min=2), csr)])
+    assert rep.row("v").spec is None and rep.row("v").total_bits == 512
+    assert rep.row("w").total_bits == 40
+    # a rule that an earlier rule shadows entirely used to be accepted and never applied
+    with pytest.raises(ValueError, match=r"(?s)spec pattern 'w' gives no parameter its value.*"
+                                         r"earlier pattern:\n    w"):
+        model_size_bytes(tree, [(r".*", csr), (r"w", StorageSpec(bits=4))])
+    with pytest.raises(TypeError, match=r"spec\['w'\] must be a StorageSpec or None, got int"):
+        model_size_bytes(tree, {"w": 4})
+
+
+def test_deep_compression_bit_rules_refuse_unused_patterns():
+    w = _sparse_quantized((20, 30), 0.3, 3, seed=3)
+    params = {"fc": {"kernel": w, "bias": np.zeros(30, np.float32)}}
+    dc = deep_compression_report(params, weight_bits=[(r"fc/.*", 2)], index_bits={r".*": 4})
+    assert dc.quantized.row("fc/kernel").spec.bits == 2
+    assert dc.quantized.row("fc/kernel").spec.index_bits == 4
+    # a width for a layer the model does not have used to be ignored silently
+    with pytest.raises(ValueError, match=r"(?s)weight_bits pattern 'conv/.\*' matches no selected "
+                                         r"parameter path.*fc/kernel"):
+        deep_compression_report(params, weight_bits={r"fc/.*": 2, r"conv/.*": 8})
+    with pytest.raises(ValueError, match=r"StorageSpec.index_bits\['.\*'\]=40 is outside"):
+        deep_compression_report(params, weight_bits=2, index_bits={r".*": 40})
 
 
 def test_nan_weights_and_bad_leaves():

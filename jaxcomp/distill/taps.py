@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -33,7 +32,9 @@ import jax
 from flax import nnx
 
 from jaxcomp.core.errors import list_paths
+from jaxcomp.select.leafrules import LeafRule
 from jaxcomp.select.paths import path_str
+from jaxcomp.select.selectors import Selector
 
 __all__ = ["linen_taps", "nnx_taps"]
 
@@ -41,11 +42,15 @@ Where = str | Sequence[str] | Callable[[str], bool]
 
 
 class _Matcher:
-    """Compiled ``where=``: tells whether a path is selected; checks every pattern was used."""
+    """Compiled ``where=``: tells whether a path is selected; checks every pattern was used.
+
+    The patterns are the rules of a :class:`jaxcomp.select.LeafRule` that
+    gives selected paths ``True``; a path is selected when any rule matches.
+    """
 
     def __init__(self, where: Where):
         if callable(where) and not isinstance(where, str):
-            self.patterns = [("<callable>", where)]
+            rules = [(Selector(lambda p, _: bool(where(p)), "<callable>"), True)]
         else:
             items = [where] if isinstance(where, str) else list(where)
             if not items or not all(isinstance(w, str) for w in items):
@@ -53,13 +58,11 @@ class _Matcher:
                     "where must be a regex string, a non-empty list of regex strings or a "
                     f"callable path -> bool, got {where!r}"
                 )
-            try:
-                self.patterns = [(w, re.compile(w).fullmatch) for w in items]
-            except re.error as e:
-                raise ValueError(f"where contains an invalid regex: {e}") from None
+            rules = [(w, True) for w in items]
+        self.rule = LeafRule(rules, what="where")
 
     def __call__(self, path: str) -> bool:
-        return any(bool(fn(path)) for _, fn in self.patterns)
+        return self.rule.first(path) is not None
 
     def check(self, captured: Sequence[str], available: Sequence[str], what: str) -> None:
         """Raises unless every pattern matched at least one captured path.
@@ -70,10 +73,11 @@ class _Matcher:
           what: noun for the message ("module", "module or sown-value").
         """
         available = list(dict.fromkeys(available))
-        for w, fn in self.patterns:
-            if any(fn(p) for p in captured):
+        for e in self.rule.entries:
+            w = e.key if isinstance(e.key, str) else "<callable>"
+            if any(e.selector(p, None) for p in captured):
                 continue
-            existing = [p for p in available if fn(p)]
+            existing = [p for p in available if e.selector(p, None)]
             if existing:
                 raise ValueError(
                     f"where={w!r} selects {existing[:5]} but none of them produced an output "

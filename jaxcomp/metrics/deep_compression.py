@@ -13,12 +13,8 @@ References:
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
-
-import jax
-import numpy as np
 
 from jaxcomp.core.leaves import CompressedLeaf
 from jaxcomp.metrics.storage import (
@@ -29,36 +25,17 @@ from jaxcomp.metrics.storage import (
     _int_field,
     model_size_bytes,
 )
-from jaxcomp.select.paths import leaves_with_paths
-from jaxcomp.select.selectors import ndim, resolve
+from jaxcomp.select.leafrules import LeafRule
+from jaxcomp.select.selection import flatten
+from jaxcomp.select.selectors import ndim
 
 __all__ = ["DeepCompressionReport", "deep_compression_report"]
 
-def _per_leaf_int(value: Any, name: str, low: int, high: int) -> Callable[[str, Any], int]:
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        v = _int_field(name, value, low, high)
-        return lambda path, leaf: v
-    if isinstance(value, Mapping):
-        compiled = []
-        for pattern, v in value.items():
-            try:
-                compiled.append((re.compile(pattern), _int_field(name, v, low, high)))
-            except re.error as e:
-                raise ValueError(f"invalid regex {pattern!r} in {name}: {e}") from None
-
-        def lookup(path: str, leaf: Any) -> int:
-            for rx, v in compiled:
-                if rx.fullmatch(path):
-                    return v
-            raise ValueError(
-                f"no {name} pattern matches the selected leaf '{path}'; add a rule for it "
-                f"(patterns: {[rx.pattern for rx, _ in compiled]})"
-            )
-
-        return lookup
-    if callable(value):
-        return lambda path, leaf: _int_field(name, value(path, leaf), low, high)
-    raise TypeError(f"{name} must be an int, a mapping regex -> int, or a callable; got {value!r}")
+def _per_leaf_int(value: Any, name: str, low: int, high: int,
+                  pairs: list[tuple[str, Any]]) -> list[int]:
+    """One int in ``[low, high]`` per ``(path, leaf)``, from a :func:`jaxcomp.select.per_leaf` rule."""
+    return LeafRule(value, what=name, validate=lambda v, label: _int_field(label, v, low, high)
+                    ).resolve(pairs, noun="selected parameter")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,9 +114,10 @@ def deep_compression_report(
     Args:
       params: the pruned (and, for P+Q+H, quantized) parameter tree.
       weight_bits: value index width in [1, 32]: an int, a mapping ``regex ->
-        int`` (full match, first wins; every selected leaf must match) or a
-        callable ``(path, leaf) -> int``. Han et al.: 8 for conv, 5 for FC
-        (LeNet-300-100: 6).
+        int`` (full match, first wins; every selected leaf must match and
+        every regex must give a selected leaf its width) or a callable
+        ``(path, leaf) -> int`` (see :func:`jaxcomp.select.per_leaf`). Han et
+        al.: 8 for conv, 5 for FC (LeNet-300-100: 6).
       index_bits: relative index width in [1, 32], same forms (Han et al.: 8
         conv, 5 FC).
       where: which dense leaves are compressed, in any ``where=`` form of
@@ -171,25 +149,20 @@ def deep_compression_report(
     """
     if not isinstance(codebook, bool) or not isinstance(include_huffman, bool):
         raise TypeError("codebook and include_huffman must be bools")
-    wb_of = _per_leaf_int(weight_bits, "weight_bits", 1, 32)
-    ib_of = _per_leaf_int(index_bits, "index_bits", 1, 32)
-    if where is None:
-        where = ndim(min=2)
-    flags = resolve(where, params)
-    chosen = {p for (p, _), f in zip(leaves_with_paths(params), jax.tree_util.tree_leaves(flags))
-              if f}
-
-    def selected(path: str, leaf: Any) -> bool:
-        return path in chosen
+    pairs = [(p, x) for p, x in flatten(params, where, what="deep_compression_report",
+                                        default=ndim(min=2)).pairs
+             if not isinstance(x, CompressedLeaf)]
+    bits = dict(zip([p for p, _ in pairs],
+                    zip(_per_leaf_int(weight_bits, "weight_bits", 1, 32, pairs),
+                        _per_leaf_int(index_bits, "index_bits", 1, 32, pairs))))
 
     def stage(quantize: bool, huff: bool) -> Callable[[str, Any], StorageSpec | None]:
         def spec(path: str, leaf: Any) -> StorageSpec | None:
-            if isinstance(leaf, CompressedLeaf) or not selected(path, leaf):
+            if isinstance(leaf, CompressedLeaf) or path not in bits:
                 return None
-            ib = ib_of(path, leaf)
+            wb, ib = bits[path]
             if not quantize:
                 return StorageSpec(bits=32, format="relative", index_bits=ib)
-            wb = wb_of(path, leaf)
             return StorageSpec(
                 bits=wb,
                 format="relative",

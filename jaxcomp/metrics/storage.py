@@ -51,7 +51,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Union
 
@@ -63,6 +62,7 @@ from jaxcomp.core.leaves import Codebook, CompressedLeaf, QArray, dtype_bits
 from jaxcomp.encode.huffman import huffman_code
 from jaxcomp.encode.sparse import SPARSE_FORMATS, encode_sparse
 from jaxcomp.metrics.counting import _check_leaf, _is_abstract
+from jaxcomp.select.leafrules import LeafRule, _is_mapping
 from jaxcomp.select.paths import leaves_with_paths
 
 __all__ = [
@@ -80,8 +80,8 @@ BASELINE_BITS = 32
 SpecLike = Union[
     None,
     "StorageSpec",
-    Mapping[str, "StorageSpec"],
-    Sequence[tuple[str, "StorageSpec"]],
+    Mapping[Any, "StorageSpec | None"],
+    Sequence[tuple[Any, "StorageSpec | None"]],
     Callable[[str, Any], "StorageSpec | None"],
 ]
 
@@ -354,64 +354,24 @@ class StorageReport:
 # Spec resolution
 
 
-def _spec_resolver(spec: Any, paths: list[str]) -> Callable[[str, Any], StorageSpec | None]:
-    if spec is None:
-        return lambda path, leaf: None
-    if isinstance(spec, StorageSpec):
-        return lambda path, leaf: spec
-    if isinstance(spec, Mapping):
-        rules = list(spec.items())
-    elif isinstance(spec, (list, tuple)):
-        if len(spec) == 2 and isinstance(spec[0], str) and isinstance(spec[1], StorageSpec):
-            rules = [tuple(spec)]
-        else:
-            rules = list(spec)
-    elif callable(spec):
+def _check_spec(value: Any, label: str) -> StorageSpec | None:
+    if value is not None and not isinstance(value, StorageSpec):
+        raise TypeError(f"{label} must be a StorageSpec or None, got {type(value).__name__}")
+    return value
 
-        def call(path: str, leaf: Any) -> StorageSpec | None:
-            out = spec(path, leaf)
-            if out is not None and not isinstance(out, StorageSpec):
-                raise TypeError(
-                    f"the spec callable returned {type(out).__name__} for '{path}'; "
-                    "return a StorageSpec or None"
-                )
-            return out
 
-        return call
-    else:
+def _resolve_specs(spec: Any, items: list[tuple[str, Any]]) -> list[StorageSpec | None]:
+    """One spec per leaf: a :func:`jaxcomp.select.per_leaf` rule, unmatched leaves None."""
+    if (isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str)
+            and isinstance(spec[1], StorageSpec)):
+        spec = [spec]  # a single (regex, StorageSpec) pair
+    if not (spec is None or isinstance(spec, (StorageSpec, list, tuple)) or _is_mapping(spec)
+            or callable(spec)):
         raise TypeError(
             f"spec must be None, a StorageSpec, a mapping or list of (regex, StorageSpec), or a "
             f"callable (path, leaf) -> StorageSpec; got {type(spec).__name__}"
         )
-    compiled = []
-    for item in rules:
-        if not (isinstance(item, (tuple, list)) and len(item) == 2):
-            raise TypeError(f"spec rules must be (regex, StorageSpec) pairs, got {item!r}")
-        pattern, s = item
-        if not isinstance(pattern, str):
-            raise TypeError(f"a spec rule's pattern must be a string, got {pattern!r}")
-        if not isinstance(s, StorageSpec):
-            raise TypeError(
-                f"the spec for pattern {pattern!r} must be a StorageSpec, got {type(s).__name__}"
-            )
-        try:
-            rx = re.compile(pattern)
-        except re.error as e:
-            raise ValueError(f"invalid regex {pattern!r} in spec: {e}") from None
-        if not any(rx.fullmatch(p) for p in paths):
-            raise ValueError(
-                f"spec pattern {pattern!r} matches no parameter path (patterns must match a "
-                f"whole path); available paths:\n{list_paths(paths, close_to=pattern)}"
-            )
-        compiled.append((rx, s))
-
-    def lookup(path: str, leaf: Any) -> StorageSpec | None:
-        for rx, s in compiled:
-            if rx.fullmatch(path):
-                return s
-        return None
-
-    return lookup
+    return LeafRule(spec, what="spec", validate=_check_spec).resolve(items, default=None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -588,10 +548,12 @@ def model_size_bytes(params: Any, spec: SpecLike = None, *, strict: bool = False
 
         * ``None``: every leaf dense at its dtype width;
         * a :class:`StorageSpec`: applied to every dense leaf;
-        * a mapping or list of ``(regex, StorageSpec)``: the first regex that
-          fully matches the canonical path wins; leaves no rule matches are
-          dense at their dtype width (add ``".*"`` last for a default). Every
-          regex must match at least one path;
+        * a mapping or list of ``(pattern, StorageSpec | None)``: the first
+          pattern (a regex, full match on the canonical path, or a
+          Selector) that matches wins; leaves no rule matches, or matched by
+          a ``None`` rule, are dense at their dtype width (add ``".*"`` last
+          for a default). Every pattern must give some leaf its spec (see
+          :func:`jaxcomp.select.per_leaf`);
         * a callable ``(path, leaf) -> StorageSpec | None``.
 
         Compressed leaves always report their own ``storage_bits()``.
@@ -627,12 +589,12 @@ def model_size_bytes(params: Any, spec: SpecLike = None, *, strict: bool = False
     if not isinstance(strict, bool):
         raise TypeError(f"strict must be a bool, got {strict!r}")
     items = leaves_with_paths(params)
-    resolve = _spec_resolver(spec, [p for p, _ in items])
-    rows: list[StorageRow] = []
-    warnings: list[str] = []
     for path, leaf in items:
         _check_leaf(path, leaf)
-        s = resolve(path, leaf)
+    specs = _resolve_specs(spec, items)
+    rows: list[StorageRow] = []
+    warnings: list[str] = []
+    for (path, leaf), s in zip(items, specs):
         if isinstance(leaf, CompressedLeaf):
             rows.append(_compressed_row(path, leaf, s))
         else:

@@ -29,18 +29,17 @@ References:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcomp.core.errors import check_in_range, list_paths
+from jaxcomp.core.errors import check_in_range
 from jaxcomp.prune.threshold import _is_tracer, num_pruned
-from jaxcomp.select.paths import leaves_with_paths
-from jaxcomp.select.selectors import Where, resolve
+from jaxcomp.select.leafrules import REQUIRED, _is_mapping, per_leaf
+from jaxcomp.select.selection import flatten
+from jaxcomp.select.selectors import Where, ndim
 
 __all__ = [
     "erk_densities",
@@ -146,49 +145,22 @@ def erk_counts(sizes_groups: Sequence[int], shapes: Sequence[Sequence[int]], spa
 class PathMap:
     """A resolved ``{regex: sparsity_or_schedule}`` map for a list of paths.
 
-    ``has_default`` says whether unmatched paths may take the caller's target
-    sparsity; if not, unmatched paths are an error.
+    The map is a :func:`jaxcomp.select.per_leaf` rule: keys are regexes (full
+    match) or Selectors, the first that matches a path gives its value, and
+    every key must give some path its value. ``has_default`` says whether
+    unmatched paths may take the caller's target sparsity; if not, unmatched
+    paths are an error.
     """
 
     def __init__(self, mapping: Mapping[str, Any], paths: Sequence[str], has_default: bool):
-        if not isinstance(mapping, Mapping) or not mapping:
+        if not _is_mapping(mapping) or not mapping:
             raise TypeError("a per-path sparsity map must be a non-empty dict {regex: sparsity}")
-        rxs = []
-        for pat, val in mapping.items():
-            if not isinstance(pat, str):
-                raise TypeError(f"sparsity map keys must be regex strings, got {pat!r}")
-            try:
-                rxs.append((pat, re.compile(pat), val))
-            except re.error as e:
-                raise ValueError(f"sparsity map key {pat!r} is not a valid regex: {e}") from None
-            if not callable(val):
-                check_in_range(f"sparsity map value for {pat!r}", val, 0.0, 1.0,
-                               high_inclusive=False)
-        self.values: list[Any] = []  # None: take the default
-        used = [False] * len(rxs)
-        unmatched = []
-        for p in paths:
-            for i, (_, rx, val) in enumerate(rxs):
-                if rx.fullmatch(p):
-                    self.values.append(val)
-                    used[i] = True
-                    break
-            else:
-                unmatched.append(p)
-                self.values.append(None)
-        if unmatched and not has_default:
-            raise ValueError(
-                "the per-path sparsity map matches none of these selected parameters and no "
-                f"default sparsity was given:\n{list_paths(unmatched)}\nAdd a regex for them "
-                "(full match on the path), pass a default sparsity, or exclude them with where=."
-            )
-        for (pat, _, _), u in zip(rxs, used):
-            if not u:
-                raise ValueError(
-                    f"the per-path sparsity map key {pat!r} matches no selected parameter (or an "
-                    "earlier key takes them all). Selected paths:\n"
-                    + list_paths(list(paths), close_to=pat)
-                )
+        # None: take the default
+        self.values: list[Any] = per_leaf(
+            mapping, paths=list(paths), default=None if has_default else REQUIRED,
+            what="sparsity map", noun="selected parameter", validate=_check_map_value,
+            hint="Add a regex for them (full match on the path), pass a default sparsity, or "
+                 "exclude them with where=.")
 
     @property
     def has_schedules(self) -> bool:
@@ -212,9 +184,14 @@ class PathMap:
         return out
 
 
-def _selected(params: Any, where: Where) -> list[tuple[str, Any]]:
-    flags = jax.tree_util.tree_leaves(resolve(where, params))
-    return [(p, x) for (p, x), f in zip(leaves_with_paths(params), flags) if f]
+def _check_map_value(value: Any, label: str) -> Any:
+    if not callable(value):
+        check_in_range(label, value, 0.0, 1.0, high_inclusive=False)
+    return value
+
+
+def _selected(params: Any, where: Where, what: str) -> list[tuple[str, Any]]:
+    return flatten(params, where, what=what, default=ndim(min=2)).pairs
 
 
 def erk_sparsities(params: Any, sparsity: float, *, where: Where = None,
@@ -239,10 +216,8 @@ def erk_sparsities(params: Any, sparsity: float, *, where: Where = None,
       >>> {k: round(v, 4) for k, v in erk_sparsities(p, 0.9).items()}
       {'a': 0.9669, 'b': 0.8331}
     """
-    from jaxcomp.select import ndim
-
     check_in_range("sparsity", sparsity, 0.0, 1.0, high_inclusive=False)
-    sel = _selected(params, ndim(min=2) if where is None else where)
+    sel = _selected(params, where, "erk_sparsities")
     shapes = [tuple(x.shape) for _, x in sel]
     sizes = [int(np.prod(s)) for s in shapes]
     ks = erk_counts(sizes, shapes, sparsity, kernel=kernel)
@@ -259,9 +234,7 @@ def path_sparsities(params: Any, mapping: Mapping[str, float], *, default: float
       >>> path_sparsities(p, {r"conv/.*": 0.5}, default=0.8)
       {'conv/kernel': 0.5, 'fc/kernel': 0.8}
     """
-    from jaxcomp.select import ndim
-
-    sel = _selected(params, ndim(min=2) if where is None else where)
+    sel = _selected(params, where, "path_sparsities")
     if default is not None:
         check_in_range("default", default, 0.0, 1.0, high_inclusive=False)
     pm = PathMap(mapping, [p for p, _ in sel], default is not None)

@@ -29,7 +29,6 @@ References:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -37,9 +36,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxcomp.core.base import Compressor, EmptyState, never_due
-from jaxcomp.prune.masks import _split, check_finite_leaf
+from jaxcomp.prune.masks import check_finite_leaf, select_prunable
 from jaxcomp.prune.threshold import num_pruned, smallest_k_masks, topk_mask
-from jaxcomp.select.paths import is_leaf, path_str
+from jaxcomp.select.leafrules import per_leaf
+from jaxcomp.select.paths import is_leaf
+from jaxcomp.select.selection import Selected, flatten
 
 __all__ = [
     "LotteryResult",
@@ -60,34 +61,27 @@ def _check_rate(rate: Any, name: str) -> float:
     return float(rate)
 
 
-def _flat(tree: Any) -> tuple[list[str], list[Any], Any]:
-    flat, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
-    return [path_str(kp) for kp, _ in flat], [x for _, x in flat], treedef
+_MASKS_FIX = ("Masks must have the params' tree structure and shapes: build them from these "
+              "params (e.g. imp_round_masks(params, None, r)).")
 
 
-def _check_masks(params: Any, masks: Any, what: str) -> tuple[list[str], list[Any], list[Any], Any]:
-    paths, leaves, treedef = _flat(params)
-    mpaths, mleaves, mdef = _flat(masks)
-    if mdef != treedef:
-        missing = sorted(set(paths) ^ set(mpaths))
-        raise ValueError(f"{what}: masks do not have the params' tree structure"
-                         + (f"; paths in only one of them: {missing[:8]}" if missing else "")
-                         + ". Build masks from these params (e.g. imp_round_masks(params, None, r)).")
-    for p, x, m in zip(paths, leaves, mleaves):
-        if jnp.shape(m) != jnp.shape(x):
-            raise ValueError(f"{what}: mask '{p}' has shape {jnp.shape(m)}, the parameter "
-                             f"{jnp.shape(x)}")
+def _all(tree: Any, what: str) -> Selected:
+    return flatten(tree, True, what=what, allow_empty=True)
+
+
+def _check_bool(what: str, paths: list[str], mleaves: list[Any]) -> None:
+    for p, m in zip(paths, mleaves):
         if jnp.asarray(m).dtype != jnp.bool_:
             raise TypeError(f"{what}: mask '{p}' has dtype {jnp.asarray(m).dtype}; masks are "
                             "bool (True = kept)")
-    return paths, leaves, mleaves, treedef
 
 
-def _rate_for(path: str, rate: float, rates: Mapping[str, float] | None) -> float:
-    for pattern, r in (rates or {}).items():
-        if re.fullmatch(pattern, path):
-            return _check_rate(r, f"rates[{pattern!r}]")
-    return rate
+def _check_masks(params: Any, masks: Any, what: str) -> tuple[Selected, list[Any]]:
+    """Every leaf of ``params`` and the masks' leaves (same paths and shapes, bool)."""
+    sel = _all(params, what)
+    mleaves = sel.leaves_of(masks, "masks", fix=_MASKS_FIX)
+    _check_bool(what, sel.paths, mleaves)
+    return sel, mleaves
 
 
 def imp_round_masks(
@@ -96,7 +90,7 @@ def imp_round_masks(
     rate: float,
     *,
     where: Any = None,
-    rates: Mapping[str, float] | None = None,
+    rates: Any = None,
 ) -> Any:
     """One round of iterative magnitude pruning: prune ``rate`` of each leaf's survivors.
 
@@ -113,7 +107,9 @@ def imp_round_masks(
       rate: fraction of the survivors pruned, in ``(0, 1)``.
       where: which leaves to prune (default: float arrays with ``ndim >= 2``);
         the others get all-True masks.
-      rates: optional ``{regex: rate}`` per path (first full match wins),
+      rates: optional per-leaf rates in any :func:`jaxcomp.select.per_leaf`
+        form, usually ``{regex: rate}`` (first full match wins, unmatched
+        leaves take ``rate``, every pattern must match a selected leaf),
         e.g. ``{r".*fc3/kernel": 0.1}`` for the output layer at half rate as
         in Frankle & Carbin.
 
@@ -137,19 +133,20 @@ def imp_round_masks(
       Frankle & Carbin 2019, arXiv:1803.03635.
     """
     rate = _check_rate(rate, "rate")
-    treedef, leaves, paths, flags = _split(params, where, "imp_round_masks")
+    sel = select_prunable(params, where, "imp_round_masks")
     if masks is None:
-        mleaves = [jnp.ones(jnp.shape(x), bool) for x in leaves]
+        mleaves = [jnp.ones(jnp.shape(x), bool) for x in sel.leaves]
     else:
-        _, _, mleaves, _ = _check_masks(params, masks, "imp_round_masks")
-    sel = [i for i, f in enumerate(flags) if f]
+        mleaves = sel.leaves_of(masks, "masks", fix=_MASKS_FIX)
+        _check_bool("imp_round_masks", sel.paths, mleaves)
+    per_rate = per_leaf({} if rates is None else rates, sel, default=rate, what="rates",
+                        noun="selected parameter", validate=_check_rate)
     scores, ks = [], []
-    for i in sel:
-        check_finite_leaf(paths[i], leaves[i])
+    for i, r in zip(sel.idx, per_rate):
+        check_finite_leaf(sel.paths[i], sel.leaves[i])
         m = jnp.asarray(mleaves[i])
-        r = _rate_for(paths[i], rate, rates)
         # Already-pruned positions score -1 (below every |w|), so they are the first picked.
-        scores.append(jnp.where(m, jnp.abs(jnp.asarray(leaves[i], jnp.float32)), -1.0))
+        scores.append(jnp.where(m, jnp.abs(jnp.asarray(sel.leaves[i], jnp.float32)), -1.0))
         alive = jnp.sum(m, dtype=jnp.int32)
         try:
             n_alive = int(alive)
@@ -157,10 +154,7 @@ def imp_round_masks(
         except jax.errors.ConcretizationTypeError:
             ks.append(m.size - alive + jnp.round(r * alive).astype(jnp.int32))
     pruned = smallest_k_masks(scores, ks)
-    out = [jnp.asarray(m) for m in mleaves]
-    for i, p in zip(sel, pruned):
-        out[i] = ~p
-    return jax.tree_util.tree_unflatten(treedef, out)
+    return sel.rebuild([~p for p in pruned], base=[jnp.asarray(m) for m in mleaves])
 
 
 def rewind(params: Any, masks: Any) -> Any:
@@ -171,9 +165,8 @@ def rewind(params: Any, masks: Any) -> Any:
       >>> rewind({"w": jnp.array([1.0, 2.0])}, {"w": jnp.array([True, False])})["w"].tolist()
       [1.0, 0.0]
     """
-    _paths, leaves, mleaves, treedef = _check_masks(params, masks, "rewind")
-    out = [jnp.where(m, x, jnp.zeros_like(x)) for x, m in zip(leaves, mleaves)]
-    return jax.tree_util.tree_unflatten(treedef, out)
+    sel, mleaves = _check_masks(params, masks, "rewind")
+    return sel.rebuild([jnp.where(m, x, jnp.zeros_like(x)) for x, m in zip(sel.leaves, mleaves)])
 
 
 def random_ticket(masks: Any, *, key: jax.Array) -> Any:
@@ -189,15 +182,15 @@ def random_ticket(masks: Any, *, key: jax.Array) -> Any:
       >>> int(r["w"].sum())
       2
     """
-    paths, mleaves, treedef = _flat(masks)
+    sel = _all(masks, "random_ticket")
     out = []
-    for i, (p, m) in enumerate(zip(paths, mleaves)):
+    for i, (p, m) in enumerate(zip(sel.paths, sel.leaves)):
         m = jnp.asarray(m)
         if m.dtype != jnp.bool_:
             raise TypeError(f"random_ticket: mask '{p}' has dtype {m.dtype}; masks are bool")
         u = jax.random.uniform(jax.random.fold_in(key, i), m.shape)
         out.append(topk_mask(u, jnp.sum(m, dtype=jnp.int32), check_finite=False))
-    return jax.tree_util.tree_unflatten(treedef, out)
+    return sel.rebuild(out)
 
 
 def fixed_mask(masks: Any) -> Compressor:
@@ -214,18 +207,15 @@ def fixed_mask(masks: Any) -> Compressor:
       >>> comp.apply({"w": jnp.array([3.0, 4.0])}, comp.init(None))["w"].tolist()
       [3.0, 0.0]
     """
-    _, mleaves, mdef = _flat(masks)
-    for m in mleaves:
-        if jnp.asarray(m).dtype != jnp.bool_:
-            raise TypeError("fixed_mask: masks must be bool trees (True = kept)")
+    msel = _all(masks, "fixed_mask")
+    _check_bool("fixed_mask", msel.paths, msel.leaves)
 
     def _mask(params: Any) -> Any:
-        _paths, leaves, treedef = _flat(params)
-        if treedef != mdef:
-            raise ValueError("fixed_mask: params do not have the masks' tree structure; build "
-                             "the masks from these params")
-        out = [jnp.where(m, x, jnp.zeros_like(x)) for x, m in zip(leaves, mleaves)]
-        return jax.tree_util.tree_unflatten(treedef, out)
+        sel = _all(params, "fixed_mask")
+        mleaves = sel.leaves_of(masks, "masks",
+                                fix="Build the masks from these params (the same tree structure).")
+        return sel.rebuild([jnp.where(m, x, jnp.zeros_like(x))
+                            for x, m in zip(sel.leaves, mleaves)])
 
     def init(params: Any) -> EmptyState:
         del params
@@ -263,10 +253,9 @@ class LotteryResult(NamedTuple):
 
 
 def _sparsity(masks: Any, where: Any, params: Any) -> float:
-    _, _, _paths, flags = _split(params, where, "lottery_ticket")
-    mleaves = jax.tree_util.tree_leaves(masks)
-    n = sum(int(m.size) for m, f in zip(mleaves, flags) if f)
-    kept = sum(int(jnp.sum(m)) for m, f in zip(mleaves, flags) if f)
+    ms = select_prunable(params, where, "lottery_ticket").of(masks, "masks", fix=_MASKS_FIX)
+    n = sum(int(m.size) for m in ms)
+    kept = sum(int(jnp.sum(m)) for m in ms)
     return 1.0 - kept / max(n, 1)
 
 
@@ -323,7 +312,7 @@ def lottery_ticket(
     rate = _check_rate(rate, "rate")
     if not callable(train_fn):
         raise TypeError("train_fn must be callable as train_fn(params, masks)")
-    _split(params_init, where, "lottery_ticket")  # validates where early
+    select_prunable(params_init, where, "lottery_ticket")  # validates where early
     masks = jax.tree.map(lambda x: jnp.ones(jnp.shape(x), bool), params_init, is_leaf=is_leaf)
     all_masks, all_params, sparsity = [], [], []
     rewind_point = params_init

@@ -22,14 +22,13 @@ not selected get all-True masks.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcomp.core.errors import list_paths
 from jaxcomp.core.leaves import CompressedLeaf, is_compressed
 from jaxcomp.prune import allocation as _alloc
 from jaxcomp.prune.patterns import NM, Block, Channel, Pattern, Unstructured, as_pattern
@@ -41,7 +40,9 @@ from jaxcomp.prune.threshold import (
     smallest_k_masks,
 )
 from jaxcomp.select import selectors as _sel
-from jaxcomp.select.paths import is_leaf, path_str
+from jaxcomp.select.leafrules import _is_mapping
+from jaxcomp.select.paths import is_leaf
+from jaxcomp.select.selection import Selected, flatten
 
 __all__ = [
     "MaskConfig",
@@ -52,6 +53,7 @@ __all__ = [
     "magnitude_mask",
     "nm_mask",
     "score_mask",
+    "select_prunable",
 ]
 
 _SCOPES = ("layerwise", "global")
@@ -90,8 +92,8 @@ class MaskConfig:
             raise ValueError(f"scope={self.scope!r} must be 'layerwise' or 'global'")
         object.__setattr__(self, "pattern", as_pattern(self.pattern))
         alloc = self.allocation
-        if isinstance(alloc, Mapping):
-            object.__setattr__(self, "allocation", dict(alloc))
+        if _is_mapping(alloc):
+            object.__setattr__(self, "allocation", dict(alloc.items()))
         elif alloc not in ("uniform", "erk", "er"):
             raise ValueError(
                 f"allocation={alloc!r} must be 'uniform', 'erk', 'er' or a {{regex: sparsity}} "
@@ -209,23 +211,23 @@ def _check_leaf(path: str, leaf: Any, what: str) -> None:
         )
 
 
-def _split(tree: Any, where: Any, what: str) -> tuple[Any, list[Any], list[str], list[bool]]:
-    flat, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
-    paths = [path_str(kp) for kp, _ in flat]
-    leaves = [x for _, x in flat]
-    if where is None:
-        where = default_where()
-    flags = jax.tree_util.tree_leaves(_sel.resolve(where, tree))
-    if not any(flags):
-        raise ValueError(
-            f"{what}: where= selects no parameter. Available paths:\n{list_paths(paths)}\n"
-            "Select at least one (e.g. where=r'.*/kernel'); the default takes float arrays with "
-            "ndim >= 2."
-        )
-    for p, x, f in zip(paths, leaves, flags):
-        if f:
-            _check_leaf(p, x, what)
-    return treedef, leaves, paths, flags
+_EMPTY_HINT = ("Select at least one (e.g. where=r'.*/kernel'); the default takes float arrays "
+               "with ndim >= 2.")
+
+
+def select_prunable(tree: Any, where: Any, what: str) -> Selected:
+    """The leaves ``where`` selects for pruning (default :func:`default_where`), checked.
+
+    An empty selection, and a selected compressed or non-numeric leaf, are
+    errors naming ``what`` and the path.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> select_prunable({"w": jnp.ones((2, 2)), "b": jnp.ones(2)}, None, "demo").sel_paths
+      ['w']
+    """
+    return flatten(tree, where, what=what, default=default_where(), hint=_EMPTY_HINT,
+                   leaf_check=lambda p, x: _check_leaf(p, x, what))
 
 
 def score_mask(
@@ -273,8 +275,7 @@ def score_mask(
       [[False, False], [True, True]]
     """
     config = MaskConfig(scope, pattern, allocation, normalize)
-    treedef, leaves, paths, flags = _split(scores, where, "score_mask")
-    sel = [i for i, f in enumerate(flags) if f]
+    sel = select_prunable(scores, where, "score_mask")
     if isinstance(config.pattern, NM):
         if sparsity is not None and not _is_tracer(sparsity) and not np.isclose(
                 float(sparsity), config.pattern.sparsity):
@@ -289,15 +290,12 @@ def score_mask(
     if sparsity is not None:
         _validate_sparsity(sparsity)
     if check_finite:
-        for i in sel:
-            check_finite_leaf(paths[i], leaves[i])
-    config.check([paths[i] for i in sel], [tuple(leaves[i].shape) for i in sel])
-    keeps, _ = compute_keep(config, [jnp.asarray(leaves[i]) for i in sel],
-                            [paths[i] for i in sel], sparsity)
-    out = [jnp.ones_like(x, dtype=bool) if not f else None for x, f in zip(leaves, flags)]
-    for i, k in zip(sel, keeps):
-        out[i] = k
-    return jax.tree_util.tree_unflatten(treedef, out)
+        for p, x in sel.pairs:
+            check_finite_leaf(p, x)
+    config.check(sel.sel_paths, [tuple(x.shape) for x in sel.sel_leaves])
+    keeps, _ = compute_keep(config, [jnp.asarray(x) for x in sel.sel_leaves], sel.sel_paths,
+                            sparsity)
+    return sel.rebuild(keeps, others=lambda _, x: jnp.ones_like(x, dtype=bool))
 
 
 def check_finite_leaf(path: str, leaf: Any) -> None:

@@ -14,7 +14,6 @@ References:
 from __future__ import annotations
 
 import functools
-import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -38,7 +37,9 @@ from jaxcomp.prune.obs import (
 from jaxcomp.prune.patterns import NM, as_pattern
 from jaxcomp.prune.threshold import num_pruned
 from jaxcomp.select import selectors as _sel
-from jaxcomp.select.paths import leaves_with_paths, path_str
+from jaxcomp.select.leafrules import per_leaf
+from jaxcomp.select.paths import path_str
+from jaxcomp.select.selection import flatten
 
 __all__ = ["ObsLayerStats", "ObsPruneResult", "obs_prune"]
 
@@ -158,14 +159,10 @@ def _layer_hessian_from_model(apply_fn, variables, chunks, mod_path, module, n_c
     return state
 
 
-def _sparsity_for(sparsity: Any, path: str) -> Any:
-    if isinstance(sparsity, Mapping):
-        for pat, val in sparsity.items():
-            if re.fullmatch(pat, path):
-                return val
-        raise ValueError(f"sparsity map {list(sparsity)} matches no regex for parameter "
-                         f"'{path}' (full match); add one or exclude it with where=")
-    return sparsity
+def _check_sparsity(value: Any, label: str) -> Any:
+    if value is not None:
+        check_in_range(label, value, 0.0, 1.0, high_inclusive=False)
+    return value
 
 
 @functools.partial(jax.jit, static_argnames=("nm",))
@@ -180,7 +177,7 @@ def obs_prune(
     apply_fn: Callable[..., Any],
     variables: Any,
     calib_x: Any,
-    sparsity: float | Mapping[str, float] | None,
+    sparsity: Any,
     *,
     where: Any = None,
     blocksize: int = 128,
@@ -213,9 +210,11 @@ def obs_prune(
         ``apply_fn`` accepts).
       calib_x: calibration inputs ``(N, ...)``, or a list of chunks.
       sparsity: fraction in ``[0, 1)`` for every selected kernel, a
-        ``{regex: sparsity}`` map (full match on the path; e.g. from
-        :meth:`~jaxcomp.prune.sensitivity.SensitivityTable.suggest`), or
-        ``None`` with an N:M pattern.
+        ``{regex: sparsity}`` map (full match on the path, first match wins;
+        every selected kernel must match and every regex must match one;
+        e.g. from :meth:`~jaxcomp.prune.sensitivity.SensitivityTable.suggest`),
+        a callable ``(path, kernel) -> sparsity`` (see
+        :func:`jaxcomp.select.per_leaf`), or ``None`` with an N:M pattern.
       where: kernels to prune (default: leaves named ``kernel`` with
         ``ndim >= 2``). Each must belong to an ``nn.Dense`` or ``nn.Conv``.
       blocksize, percdamp, pattern: see :func:`sparsegpt_prune`.
@@ -247,23 +246,17 @@ def obs_prune(
     has_params = isinstance(variables, Mapping) and "params" in variables
     params = variables["params"] if has_params else variables
     rebuild = (lambda p: {**dict(variables), "params": p}) if has_params else (lambda p: p)
-    default = _sel.path(r"(.*/)?kernel") & _sel.ndim(min=2)
-    flags = jax.tree_util.tree_leaves(_sel.resolve(default if where is None else where, params,
-                                                   allow_empty=True))
-    flat = leaves_with_paths(params)
-    paths = [p for p, _ in flat]
-    selected = [p for p, f in zip(paths, flags) if f]
-    if not selected:
-        raise ValueError("obs_prune: where= selects no parameter. Available paths:\n"
-                         f"{list_paths(paths)}\nSelect kernels, e.g. where=r'.*/kernel'.")
-    for p in selected:
-        s = _sparsity_for(sparsity, p)
-        if s is not None:
-            check_in_range("sparsity", s, 0.0, 1.0, high_inclusive=False, where=p)
+    sel = flatten(params, where, what="obs_prune",
+                  default=_sel.path(r"(.*/)?kernel") & _sel.ndim(min=2),
+                  hint="Select kernels, e.g. where=r'.*/kernel'.")
+    selected = sel.sel_paths
+    sparsity_of = dict(zip(selected, per_leaf(
+        sparsity, sel, what="sparsity", noun="selected kernel", validate=_check_sparsity,
+        hint="Add a pattern for them or exclude them with where=.")))
     chunks = _chunks(calib_x, chunk_size)
     order, mods, calls = _layer_order(apply_fn, variables, chunks[0][:1])
     todo = []
-    leaves_dict = dict(flat)
+    leaves = dict(zip(sel.paths, sel.leaves))
     for p in selected:
         mp = p.rsplit("/", 1)[0] if "/" in p else ""
         if mp not in mods:
@@ -274,19 +267,17 @@ def obs_prune(
                             " only nn.Dense and nn.Conv kernels are supported (exclude it with "
                             "where=)")
         want = 2 if isinstance(mods[mp], nn.Dense) else len(mods[mp].kernel_size) + 2
-        if not p.endswith("kernel") or jnp.ndim(leaves_dict[p]) != want:
+        if not p.endswith("kernel") or jnp.ndim(leaves[p]) != want:
             raise TypeError(f"obs_prune: parameter '{p}' is not the kernel of its "
                             f"{type(mods[mp]).__name__}; select only kernels (e.g. "
                             "where=r'.*/kernel')")
         todo.append((order.index(mp), p, mp))
     todo.sort()
-    leaves = dict(flat)
-    masks = {p: jnp.ones(jnp.shape(x), bool) for p, x in flat}
+    masks = {p: jnp.ones(jnp.shape(x), bool) for p, x in leaves.items()}
     cur = dict(leaves)
-    treedef = jax.tree_util.tree_structure(params)
 
     def tree(d):
-        return jax.tree_util.tree_unflatten(treedef, [d[p] for p in paths])
+        return jax.tree_util.tree_unflatten(sel.treedef, [d[p] for p in sel.paths])
 
     stats = []
     for _, p, mp in todo:
@@ -297,7 +288,7 @@ def obs_prune(
         src = rebuild(tree(cur)) if sequential else variables
         st = _layer_hessian_from_model(apply_fn, src, chunks, mp, mods[mp], calls[mp],
                                        w2.shape[0])
-        s = _sparsity_for(sparsity, p)
+        s = sparsity_of[p]
         new2, keep2 = sparsegpt_prune(w2, st.hessian, s, blocksize=blocksize,
                                       percdamp=percdamp, pattern=pattern, path=p)
         pat = as_pattern(pattern)

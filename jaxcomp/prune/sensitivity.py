@@ -30,10 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcomp.core.errors import check_in_range, list_paths
-from jaxcomp.prune.masks import _check_leaf, default_where, score_mask
+from jaxcomp.prune.masks import score_mask, select_prunable
 from jaxcomp.prune.patterns import NM, as_pattern
-from jaxcomp.select.paths import is_leaf, path_str
-from jaxcomp.select.selectors import resolve
 
 __all__ = ["SensitivityTable", "sensitivity_scan"]
 
@@ -232,17 +230,9 @@ def sensitivity_scan(
         name = getattr(method, "__name__", "custom")
     else:
         raise TypeError(f"method must be a string or a callable, got {type(method).__name__}")
-    flat, treedef = jax.tree_util.tree_flatten_with_path(params, is_leaf=is_leaf)
-    paths = [path_str(kp) for kp, _ in flat]
-    leaves = [x for _, x in flat]
-    flags = jax.tree_util.tree_leaves(resolve(default_where() if where is None else where,
-                                              params, allow_empty=True))
-    sel = [i for i, f in enumerate(flags) if f]
-    if not sel:
-        raise ValueError("sensitivity_scan: where= selects no parameter. Available paths:\n"
-                         f"{list_paths(paths)}")
+    selection = select_prunable(params, where, "sensitivity_scan")
+    paths, leaves, sel = selection.paths, selection.leaves, selection.idx
     for i in sel:
-        _check_leaf(paths[i], leaves[i], "sensitivity_scan")
         pat.check(tuple(np.shape(leaves[i])), paths[i])
     baseline = _metric(eval_fn, params, "for the unpruned params")
     values = np.zeros((len(sel), len(sp)))
@@ -259,9 +249,9 @@ def sensitivity_scan(
                                  f"'{paths[i]}' of shape {w.shape}")
         for c, s in enumerate(sp):
             keep = score_mask({paths[i]: scores}, s, where=True, pattern=pat)[paths[i]]
-            new = list(leaves)
-            new[i] = jnp.where(keep, w, jnp.zeros((), w.dtype))
-            values[r, c] = _metric(eval_fn, jax.tree_util.tree_unflatten(treedef, new),
+            new = selection.sel_leaves
+            new[r] = jnp.where(keep, w, jnp.zeros((), w.dtype))
+            values[r, c] = _metric(eval_fn, selection.rebuild(new),
                                    f"with '{paths[i]}' pruned to sparsity {s}")
     return SensitivityTable(tuple(paths[i] for i in sel), tuple(sp), values, baseline, metric,
                             bool(higher_is_better), name)

@@ -32,8 +32,8 @@ import jax.numpy as jnp
 
 from jaxcomp.core.errors import list_paths
 from jaxcomp.prune.threshold import check_finite, num_pruned, smallest_k_masks
-from jaxcomp.select.paths import is_leaf, leaves_with_paths, path_str
-from jaxcomp.select.selectors import resolve
+from jaxcomp.select.paths import leaves_with_paths
+from jaxcomp.select.selection import Selected, flatten
 
 __all__ = [
     "default_scale_where",
@@ -49,22 +49,16 @@ def default_scale_where(path: str, leaf: Any) -> bool:
     return path.rsplit("/", 1)[-1] == "scale" and jnp.ndim(leaf) == 1
 
 
-def _selected(params: Any, where: Any, what: str) -> tuple[list[str], list[Any], list[bool], Any]:
-    flat, treedef = jax.tree_util.tree_flatten_with_path(params, is_leaf=is_leaf)
-    paths = [path_str(kp) for kp, _ in flat]
-    leaves = [x for _, x in flat]
-    flags = jax.tree_util.tree_leaves(
-        resolve(default_scale_where if where is None else where, params, allow_empty=True))
-    if not any(flags):
-        raise ValueError(
-            f"{what}: no normalisation scale selected. Available paths:\n{list_paths(paths)}\n"
-            "The default takes 1-D leaves named 'scale' (BatchNorm/LayerNorm); pass "
-            "where=r'.*bn.*/scale' or similar for other names.")
-    for p, x, f in zip(paths, leaves, flags):
-        if f and jnp.ndim(x) != 1:
+def _selected(params: Any, where: Any, what: str) -> Selected:
+    def check(p: str, x: Any) -> None:
+        if jnp.ndim(x) != 1:
             raise ValueError(f"{what}: '{p}' has shape {jnp.shape(x)}; channel scales are 1-D "
                              "(one per channel). Narrow where= to the norm scales.")
-    return paths, leaves, flags, treedef
+
+    return flatten(params, where, what=what, default=default_scale_where,
+                   noun="normalisation scale", leaf_check=check,
+                   hint="The default takes 1-D leaves named 'scale' (BatchNorm/LayerNorm); pass "
+                        "where=r'.*bn.*/scale' or similar for other names.")
 
 
 def slimming_penalty(params: Any, *, where: Any = None) -> jax.Array:
@@ -80,8 +74,7 @@ def slimming_penalty(params: Any, *, where: Any = None) -> jax.Array:
     References:
       Liu et al. 2017, arXiv:1708.06519.
     """
-    _, leaves, flags, _ = _selected(params, where, "slimming_penalty")
-    return sum(jnp.sum(jnp.abs(x)) for x, f in zip(leaves, flags) if f)
+    return sum(jnp.sum(jnp.abs(x)) for x in _selected(params, where, "slimming_penalty").sel_leaves)
 
 
 def slimming_regularizer(loss_fn: Callable[..., Any], lambda_: float, *,
@@ -158,13 +151,13 @@ def slimming_masks(
         raise ValueError(f"scope={scope!r} must be 'global' or 'layerwise'")
     if isinstance(min_channels, bool) or not isinstance(min_channels, int) or min_channels < 1:
         raise ValueError(f"min_channels={min_channels!r} must be an int >= 1")
-    paths, leaves, flags, treedef = _selected(params, where, "slimming_masks")
-    sel = [i for i, f in enumerate(flags) if f]
-    scores = [jnp.abs(jnp.asarray(leaves[i], jnp.float32)) for i in sel]
-    check_finite({paths[i]: s for i, s in zip(sel, scores)}, "norm scales")
+    sel = _selected(params, where, "slimming_masks")
+    scores = [jnp.abs(jnp.asarray(x, jnp.float32)) for x in sel.sel_leaves]
+    check_finite(dict(zip(sel.sel_paths, scores)), "norm scales")
     sizes = [int(s.size) for s in scores]
     if scope == "global":
-        pruned = smallest_k_masks(scores, [num_pruned(ratio, sum(sizes))], groups=[0] * len(sel))
+        pruned = smallest_k_masks(scores, [num_pruned(ratio, sum(sizes))],
+                                  groups=[0] * len(sizes))
     else:
         pruned = smallest_k_masks(scores, [num_pruned(ratio, n) for n in sizes])
     keeps = []
@@ -176,10 +169,7 @@ def slimming_masks(
         neg = jnp.where(keep, jnp.finfo(jnp.float32).max, -s)
         extra = smallest_k_masks([neg], [jnp.maximum(short, 0)])[0]
         keeps.append(keep | (extra & ~keep))
-    out = [jnp.ones(jnp.shape(x), bool) for x in leaves]
-    for i, k in zip(sel, keeps):
-        out[i] = k
-    return jax.tree_util.tree_unflatten(treedef, out)
+    return sel.rebuild(keeps, others=lambda _, x: jnp.ones(jnp.shape(x), bool))
 
 
 _PAIR_RULES = ((r"(.*?)bn(\d*)", r"\1conv\2"), (r"(.*?)BatchNorm_(\d+)", r"\1Conv_\2"),

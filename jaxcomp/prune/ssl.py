@@ -33,9 +33,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxcomp.core.errors import list_paths
-from jaxcomp.select.paths import leaves_with_paths
-from jaxcomp.select.selectors import resolve
+from jaxcomp.select.selection import flatten
 
 __all__ = [
     "GROUPINGS",
@@ -69,18 +67,13 @@ def _grouped(w: jax.Array, grouping: str) -> jax.Array:
 
 
 def _kernels(params: Any, where: Any, what: str) -> list[tuple[str, jax.Array]]:
-    pairs = leaves_with_paths(params)
-    flags = jax.tree_util.tree_leaves(
-        resolve(r".*kernel" if where is None else where, params, allow_empty=True))
-    chosen = [(p, x) for (p, x), f in zip(pairs, flags) if f]
-    if not chosen:
-        raise ValueError(f"{what}: where= selects no kernel. Available paths:\n"
-                         f"{list_paths([p for p, _ in pairs])}\nPass e.g. where=r'.*conv.*/kernel'.")
-    for p, x in chosen:
+    def check(p: str, x: Any) -> None:
         if jnp.ndim(x) < 2:
             raise ValueError(f"{what}: '{p}' has shape {jnp.shape(x)}; group lasso needs kernels "
                              "with ndim >= 2 ((in, out) or (*spatial, in, out)). Narrow where=.")
-    return chosen
+
+    return flatten(params, where, what=what, default=r".*kernel", noun="kernel",
+                   hint="Pass e.g. where=r'.*conv.*/kernel'.", leaf_check=check).pairs
 
 
 def group_norms(params: Any, grouping: str, *, where: Any = None) -> dict[str, jax.Array]:

@@ -48,7 +48,8 @@ from jaxcomp.core.errors import check_in_range, list_paths
 from jaxcomp.prune import obs as _obs
 from jaxcomp.prune import obs_model as _capture
 from jaxcomp.prune.threshold import num_pruned
-from jaxcomp.select.paths import leaves_with_paths, path_str
+from jaxcomp.select.paths import path_str
+from jaxcomp.select.selection import flatten
 
 __all__ = [
     "ChannelPruneResult",
@@ -374,7 +375,8 @@ def thinet_prune_layer(
     xs = []
     for c in chunks:
         xs.extend(_capture_raw(apply_fn, variables, c, consumer, calls[consumer]))
-    flat = dict(leaves_with_paths(params))
+    every = flatten(params, True, what="thinet_prune_layer")
+    flat = dict(zip(every.paths, every.leaves))
     kpath = f"{consumer}/kernel"
     res = thinet_prune(flat[kpath], jnp.concatenate(xs, 0), sparsity, method=method,
                        refit=refit, conv=mod if isinstance(mod, nn.Conv) else None, path=kpath)
@@ -387,8 +389,7 @@ def thinet_prune_layer(
         flat[pk] = jnp.where(res.keep, flat[pk], 0)
         if f"{producer}/bias" in flat:
             flat[f"{producer}/bias"] = jnp.where(res.keep, flat[f"{producer}/bias"], 0)
-    treedef = jax.tree_util.tree_structure(params)
-    new = jax.tree_util.tree_unflatten(treedef, [flat[p] for p, _ in leaves_with_paths(params)])
+    new = every.rebuild([flat[p] for p in every.paths])
     return ({**dict(variables), "params": new} if has_params else new), res
 
 
