@@ -8,25 +8,36 @@ same shape instead, to show what uninformative calibration data does).
 For each sparsity (every kernel pruned to it, layerwise) and 2:4:
 
 * test accuracy after one-shot pruning, no retraining;
-* the relative layer-output reconstruction error ``||XW - XŴ||² / ||XW||²``
-  of every layer on the calibration inputs it sees in the sequentially
-  pruned model (the same inputs for both methods, from ``ObsLayerStats``),
-  and the relative error of the logits on the test set;
-* runtime: ``obs_prune`` (first call, with compiles, and a second call) vs
-  ``magnitude_mask`` + apply (eager, after a warm-up).
+* the squared relative layer-output reconstruction error
+  ``||XW - XŴ||²_F / ||XW||²_F`` of every layer on the calibration inputs it
+  sees in the sequentially pruned model (the same inputs for both methods,
+  from ``ObsLayerStats``);
+* the squared relative logit error on the 1,000 *test* images (not the
+  calibration data the solver fitted): ``||f(X) - f̂(X)||²_F / ||f(X)||²_F``
+  with ``f(X)`` the dense model's ``(1000, 10)`` logits and ``f̂`` the pruned
+  model's, sums over all images and classes;
+* runtime, in seconds: ``obs_prune`` vs ``magnitude_mask`` + applying the
+  masks (eager, as a one-shot user call runs them). After one untimed call
+  of each (the ``obs_prune`` one, with its compiles, is printed), ``--rounds``
+  rounds (default 5) alternate the two methods (order rotated per round),
+  each call ending with ``jax.block_until_ready``; the median over rounds is
+  printed.
 
 It also prints the driver's peak extra memory estimate (one layer's
 Hessian, inverse and Cholesky factor, plus one chunk of that layer's
 inputs) next to holding every layer's calibration inputs at once.
 
-Run: ``python benchmarks/prune_obs.py [--epochs 8] [--calib-n 1024] [--chunk 256]``
+Run: ``python benchmarks/prune_obs.py [--epochs 8] [--calib-n 1024] [--chunk 256]
+[--rounds 5]``
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
+import _timing  # benchmarks/_timing.py (the script's own folder is on sys.path)
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,6 +80,7 @@ def _acc(spec, params, x, y):
 
 
 def _logit_err(spec, params, dense_logits, x):
+    """||f(x) - f̂(x)||²_F / ||f(x)||²_F over all rows of x and all logits."""
     d = spec.apply_fn(params, x) - dense_logits
     return float(jnp.sum(d * d) / jnp.sum(dense_logits * dense_logits))
 
@@ -80,6 +92,7 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=256)
     ap.add_argument("--calib", choices=("mnist", "random"), default="mnist")
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7, 0.9])
+    ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
 
     ds = mnist5k()
@@ -95,40 +108,45 @@ def main() -> None:
         calib = jnp.asarray(rng.standard_normal((args.calib_n, 784)), jnp.float32)
     dense_logits = spec.apply_fn(params, xt)
     base = _acc(spec, params, xt, yt)
+    print(f"machine: {_timing.machine()}")
     print(f"LeNet-300-100 on mnist5k ({args.epochs} epochs, {t_train:.1f} s): dense test "
           f"accuracy {base:.4f}; calibration: {args.calib_n} {args.calib} inputs in chunks of "
-          f"{args.chunk}; jax {jax.__version__}, {jax.default_backend()}")
-    print("one-shot, no retraining; errors = ||XW - XŴ||²/||XW||² per layer (fc1, fc2, fc3) "
-          "on the calibration inputs; logit err on the test set\n")
+          f"{args.chunk}")
+    print("one-shot, no retraining; layer errs = ||XW - XŴ||²/||XW||² per layer (fc1, fc2, fc3) "
+          f"on the calibration inputs; logit err = ||f(X) - f̂(X)||²/||f(X)||² on the "
+          f"{len(yt)} test images; seconds = median (and min–max) of {args.rounds} interleaved rounds\n")
     hdr = (f"{'sparsity':>8} {'method':>10} {'test acc':>9} {'logit err':>10} "
-           f"{'fc1 err':>8} {'fc2 err':>8} {'fc3 err':>8} {'seconds':>8}")
+           f"{'fc1 err':>8} {'fc2 err':>8} {'fc3 err':>8} {'seconds':>8} {'min–max s':>13}")
     print(hdr)
     print("-" * len(hdr))
     rows = [(s, None) for s in args.sparsities] + [(None, NM(2, 4, axis=-2))]
     for s, pat in rows:
         label = f"{s:.2f}" if s is not None else "2:4(in)"
         t = time.perf_counter()
-        res = obs_prune(spec.apply_fn, params, calib, s, pattern=pat, chunk_size=args.chunk)
+        res = jax.block_until_ready(
+            obs_prune(spec.apply_fn, params, calib, s, pattern=pat, chunk_size=args.chunk))
         t_first = time.perf_counter() - t
-        t = time.perf_counter()
-        obs_prune(spec.apply_fn, params, calib, s, pattern=pat, chunk_size=args.chunk)
-        t_obs = time.perf_counter() - t
 
         def mag(s=s, pat=pat):
             m = magnitude_mask(params, s, where=r".*/kernel", pattern=pat or "unstructured")
-            return jax.tree.map(lambda w, k: jnp.where(k, w, 0), params, m)
+            return jax.tree.map(lambda w, keep: jnp.where(keep, w, 0), params, m)
 
-        jax.block_until_ready(mag())
-        t = time.perf_counter()
-        pm = jax.block_until_ready(mag())
-        t_mag = time.perf_counter() - t
+        def obs(s=s, pat=pat):
+            return obs_prune(spec.apply_fn, params, calib, s, pattern=pat,
+                             chunk_size=args.chunk).variables
+
+        out = {}
+        times = _timing.interleaved({"mag": mag, "obs": obs}, args.rounds, results=out)
+        pm = out["mag"]
+        t_mag, t_obs = (statistics.median(times[k]) for k in ("mag", "obs"))
+        rng_mag, rng_obs = (f"{min(times[k]):.3f}–{max(times[k]):.3f}" for k in ("mag", "obs"))
         errs_o = " ".join(f"{st.error:8.4f}" for st in res.layers)
         errs_m = " ".join(f"{st.magnitude_error:8.4f}" for st in res.layers)
         print(f"{label:>8} {'magnitude':>10} {_acc(spec, pm, xt, yt):9.4f} "
-              f"{_logit_err(spec, pm, dense_logits, xt):10.4f} {errs_m} {t_mag:8.3f}")
+              f"{_logit_err(spec, pm, dense_logits, xt):10.4f} {errs_m} {t_mag:8.3f} {rng_mag:>13}")
         print(f"{label:>8} {'sparsegpt':>10} {_acc(spec, res.variables, xt, yt):9.4f} "
               f"{_logit_err(spec, res.variables, dense_logits, xt):10.4f} {errs_o} "
-              f"{t_obs:8.3f}  (first call {t_first:.2f} s incl. compile)")
+              f"{t_obs:8.3f} {rng_obs:>13}  (first call {t_first:.2f} s incl. compile)")
     print("\n(magnitude layer errors are measured on the inputs of the SparseGPT-pruned "
           "model's earlier layers, i.e. the same X for both columns.)")
 

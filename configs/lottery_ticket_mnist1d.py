@@ -8,13 +8,14 @@ ticket is compared with a random mask of the same layerwise sparsity
 trained from the same θ0, and with the dense network (round 0). Published:
 dense ≈ 64–66%, ticket ≈ 72–75% at 86–92% sparsity, random ≈ 58–62%.
 
-Run: ``jaxcomp run configs/lottery_ticket_mnist1d.py --workdir research/lottery_ticket_mnist1d``
+Run: ``python research/lottery_ticket_mnist1d/main.py --config configs/lottery_ticket_mnist1d.py --workdir research/lottery_ticket_mnist1d``
+(``--config configs/lottery_ticket_mnist1d.py:smoke``: the one-minute variant the tests run).
 """
 
 import ml_collections
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.name = "lottery_ticket_mnist1d"
     c.entry = "research/lottery_ticket_mnist1d/main.py"
@@ -25,4 +26,11 @@ def get_config() -> ml_collections.ConfigDict:
                "eval_every": 500}
     c.prune = {"rounds": 10, "rate": 0.2, "rates": {"fc3/kernel": 0.1}, "where": ".*/kernel",
                "rewind_step": 0}
+    if variant == "smoke":  # one seed, a few steps: checks the code path, not the figures
+        c.seeds = [0]
+        c.train.steps = 3
+        c.train.eval_every = 3
+        c.prune.rounds = 2
+    elif variant is not None:
+        raise ValueError(f"unknown variant {variant!r}; the one variant is 'smoke'")
     return c

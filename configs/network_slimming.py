@@ -10,13 +10,14 @@ smaller model is rebuilt and fine-tuned. Reported: accuracy (dense,
 slimmed before / after fine-tuning), parameters, MACs, XLA FLOPs and
 measured CPU latency before and after.
 
-Run: ``jaxcomp run configs/network_slimming.py --workdir research/network_slimming``
+Run: ``python research/network_slimming/main.py --config configs/network_slimming.py --workdir research/network_slimming``
+(``--config configs/network_slimming.py:smoke``: the one-minute variant the tests run).
 """
 
 import ml_collections
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.name = "network_slimming"
     c.entry = "research/network_slimming/main.py"
@@ -32,4 +33,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.finetune = {"optimizer": {"name": "adam", "learning_rate": 1e-3}, "epochs": 10,
                   "eval_every": 1000}
     c.latency_repeat = 20
+    if variant == "smoke":  # one seed, a few steps: checks the code path, not the figures
+        c.seeds = [0]
+        c.widths = [4, 6, 8]
+        c.train = {"optimizer": {"name": "adam", "learning_rate": 3e-3}, "steps": 5}
+        c.finetune = {"optimizer": {"name": "adam", "learning_rate": 1e-3}, "steps": 5}
+        c.ratios = [0.5]
+        c.latency_repeat = 1
+    elif variant is not None:
+        raise ValueError(f"unknown variant {variant!r}; the one variant is 'smoke'")
     return c

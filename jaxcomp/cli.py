@@ -8,7 +8,9 @@ Commands:
 * ``jaxcomp models``: the registered model names with their sizes.
 * ``jaxcomp run CONFIG --workdir DIR [--config.field=value ...]``: runs a
   study config (see :mod:`jaxcomp.experiment`), writing ``results.json``,
-  ``metrics.jsonl``, plots and checkpoints under ``DIR``.
+  ``metrics.jsonl``, plots and checkpoints under ``DIR``. A reproduced
+  study's config (one with ``entry``) is refused with the ``python
+  research/<study>/main.py ...`` command that runs it.
 * ``jaxcomp compare DIR [DIR ...]``: a side-by-side table of results.
 
 Example:
@@ -182,6 +184,15 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> int:
     if bad:
         raise ValueError(f"unrecognized arguments {bad}; overrides look like --config.field=value")
     config = load_config(args.config, overrides)
+    if config.get("entry"):
+        from jaxcomp.config import ConfigError
+        from jaxcomp.studies import entry_command
+
+        raise ConfigError(
+            f"{args.config} is a reproduced study (config.entry); run it with its own script: "
+            + entry_command(config, config_file=args.config, workdir=args.workdir,
+                            overrides=overrides)
+        )
     results = run_experiment(config, args.workdir, progress=not args.no_progress)
     print(f"wrote {args.workdir}/results.json")
     summary = results.get("summary") or {}

@@ -1,9 +1,7 @@
 """Studies as data: build data, model, optimizer and compression from a config and train.
 
-``jaxcomp run CONFIG --workdir DIR`` calls :func:`run_experiment`. A config
-either names a research entry point (``config.entry =
-"research/<study>/main.py"``, whose ``run(config, workdir)`` returns the
-results dict) or describes a generic supervised run:
+``jaxcomp run CONFIG --workdir DIR`` calls :func:`run_experiment` on a config
+that describes a generic supervised run:
 
 .. code-block:: python
 
@@ -18,16 +16,20 @@ The generic run trains every seed, evaluates on the test split, measures
 the compressed model (parameters, non-zeros, MACs, effective MACs, storage)
 and writes ``results.json``, ``metrics.jsonl`` (per seed under
 ``seed_<s>/``), a learning-curve plot and checkpoints.
+
+A config with ``config.entry = "research/<study>/main.py"`` belongs to a
+reproduced study: that script is its entry point (``python
+research/<study>/main.py --config configs/<study>.py``, see
+:mod:`jaxcomp.studies`), and :func:`run_experiment` refuses it with that
+command. The library never loads research code.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import math
 import pathlib
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -335,25 +337,6 @@ def plot_history(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: str
     return pathlib.Path(path)
 
 
-def _run_entry(config: Any, workdir: pathlib.Path, progress: bool) -> dict[str, Any]:
-    entry = config.entry
-    base = pathlib.Path(config.get("config_path", ".")).resolve().parent.parent
-    path = pathlib.Path(entry)
-    if not path.is_absolute():
-        path = base / path if (base / path).is_file() else pathlib.Path.cwd() / path
-    if not path.is_file():
-        raise ConfigError(f"config.entry: {entry!r} not found (looked in {base} and the "
-                          "current directory)")
-    name = f"_jaxcomp_study_{path.parent.name}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    if not hasattr(module, "run"):
-        raise ConfigError(f"config.entry: {path} defines no run(config, workdir, progress=...)")
-    return module.run(config, workdir, progress=progress)
-
-
 def _run_generic(config: Any, workdir: pathlib.Path, progress: bool) -> dict[str, Any]:
     seeds = require(config, "seeds", (list, tuple), check=lambda s: len(s) > 0,
                     hint="give at least one seed")
@@ -383,15 +366,23 @@ def _run_generic(config: Any, workdir: pathlib.Path, progress: bool) -> dict[str
 def run_experiment(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     """Runs a study config and writes ``workdir/results.json``; returns the results.
 
+    A config with ``config.entry`` is refused with the ``python
+    research/<study>/main.py`` command that runs it.
+
     Raises:
-      ConfigError: naming the first missing, unknown or invalid config field.
+      ConfigError: naming the first missing, unknown or invalid config field, or
+        ``config.entry`` (with the command that runs the study).
     """
     workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     if get_field(config, "entry", None):
-        results = _run_entry(config, workdir, progress)
-    else:
-        results = _run_generic(config, workdir, progress)
+        from jaxcomp.studies import entry_command
+
+        raise ConfigError(
+            "config.entry: this config belongs to a reproduced study, which runs from its own "
+            f"script: {entry_command(config, workdir=workdir)}"
+        )
+    workdir.mkdir(parents=True, exist_ok=True)
+    results = _run_generic(config, workdir, progress)
     results = {"config": _plain(config), **results}
     write_results(workdir, results)
     return results

@@ -157,8 +157,6 @@ def test_lower_rooms_import_no_family(imps, room):
     assert violations(imps, f"jaxcomp.{room}", forbidden) == []
 
 
-@pytest.mark.xfail(strict=True, reason="jaxcomp.experiment still executes config.entry "
-                                       "(research/<study>/main.py) with exec_module")
 def test_library_never_loads_research_code():
     assert research_loading() == []
 

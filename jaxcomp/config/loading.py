@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import inspect
 import pathlib
 import sys
 from collections.abc import Sequence
@@ -31,7 +32,9 @@ def load_config(path: str | pathlib.Path, overrides: Sequence[str] = ()) -> ml_c
     """Imports ``path``, calls its ``get_config()`` and applies ``overrides``.
 
     Args:
-      path: a ``configs/<study>.py`` file.
+      path: a ``configs/<study>.py`` file, optionally followed by
+        ``:VARIANT`` (``configs/hinton_kd.py:smoke``), which calls
+        ``get_config("VARIANT")`` as ml_collections' config flags do.
       overrides: strings ``config.a.b=value`` (a leading ``--`` is allowed).
 
     Returns:
@@ -41,6 +44,10 @@ def load_config(path: str | pathlib.Path, overrides: Sequence[str] = ()) -> ml_c
       ConfigError: the file is missing, has no ``get_config``, or an override
         names an unknown field or a value of the wrong type.
     """
+    variant = None
+    head, sep, tail = str(path).rpartition(":")
+    if sep and head and tail and not pathlib.Path(path).is_file() and not {"/", "\\"} & set(tail):
+        path, variant = head, tail
     path = pathlib.Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
@@ -54,7 +61,15 @@ def load_config(path: str | pathlib.Path, overrides: Sequence[str] = ()) -> ml_c
         sys.modules.pop(name, None)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{path}: a config file must define get_config()")
-    config = module.get_config()
+    if variant is None:
+        config = module.get_config()
+    elif not inspect.signature(module.get_config).parameters:
+        raise ConfigError(f"{path}:{variant}: this get_config() takes no variant argument")
+    else:
+        try:
+            config = module.get_config(variant)
+        except ValueError as e:
+            raise ConfigError(f"{path}:{variant}: {e}") from None
     if isinstance(config, dict):
         config = ml_collections.ConfigDict(config)
     if not isinstance(config, ml_collections.ConfigDict):

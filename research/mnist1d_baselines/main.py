@@ -5,37 +5,40 @@ and steps (``config.train``) on the regenerated MNIST-1D split, evaluated on
 the 1,000 test signals, and compared with the published means
 (Greydanus 2020, Table 1 of the MNIST-1D repository's README).
 
-Run: ``jaxcomp run configs/mnist1d_baselines.py --workdir research/mnist1d_baselines``
+Run: ``python research/mnist1d_baselines/main.py --config configs/mnist1d_baselines.py``
+(``--workdir research/mnist1d_baselines`` updates the committed results;
+``--config configs/mnist1d_baselines.py:smoke`` is the one-minute check).
 """
 
 from __future__ import annotations
 
 import pathlib
+import sys
 import time
 from typing import Any
 
 import jax
 
-from jaxcomp.experiment import (
-    _plain,
-    build_model,
-    load_data,
-    mean_std,
-    plot_history,
-    train_supervised,
-)
+from jaxcomp import studies
+from jaxcomp.experiment import build_model, load_data, mean_std, plot_history, train_supervised
+from jaxcomp.studies import fmt_ms, markdown_table, plain, signed, words
+
+STUDY = "mnist1d_baselines"
 
 
-def run(config: Any, workdir: str | pathlib.Path, progress: bool = True) -> dict:
-    workdir = pathlib.Path(workdir)
-    data_cfg = dict(_plain(config.data))
+def train_and_evaluate(config: Any, workdir: pathlib.Path, progress: bool = True) -> dict:
+    """Trains every model of ``config.models`` for every seed; returns the results dict."""
+    data_cfg = plain(config.data)
     batch_size = int(data_cfg["batch_size"])
-    published = dict(_plain(config.published))
+    published = plain(config.published)
     tol = float(config.tolerance)
+    model_cfgs = plain(config.models)
+    seeds = [int(s) for s in config.seeds]
+    counter = studies.RunCounter(len(model_cfgs) * len(seeds), study=STUDY)
     datasets: dict[str, Any] = {}
     runs, curves, table = [], {}, {}
     t_start = time.time()
-    for name, mcfg in _plain(config.models).items():
+    for name, mcfg in model_cfgs.items():
         mcfg = dict(mcfg)
         layout = mcfg.pop("layout", "flat")
         if layout not in datasets:
@@ -43,16 +46,18 @@ def run(config: Any, workdir: str | pathlib.Path, progress: bool = True) -> dict
         dataset = datasets[layout]
         model = build_model(mcfg, dataset, field=f"config.models.{name}")
         accs = []
-        for seed in config.seeds:
+        for seed in seeds:
+            counter.start(name, seed=seed)
             t0 = time.time()
             _, hist, test = train_supervised(model, dataset, config.train,
-                                             key=jax.random.key(int(seed)),
+                                             key=jax.random.key(seed),
                                              batch_size=batch_size, progress=progress)
             acc = float(test["accuracy"])
             accs.append(acc)
-            runs.append({"model": name, "seed": int(seed), "accuracy": acc,
+            runs.append({"model": name, "seed": seed, "accuracy": acc,
                          "loss": float(test["loss"]), "seconds": time.time() - t0})
-            curves[f"{name} s{seed}"] = hist
+            if seed == seeds[0]:
+                curves[name] = hist
         ms = mean_std(accs)
         pub = published.get(name)
         table[name] = {
@@ -61,42 +66,69 @@ def run(config: Any, workdir: str | pathlib.Path, progress: bool = True) -> dict
             "delta_vs_published": None if pub is None else ms["mean"] - pub,
             "within_tolerance": None if pub is None else abs(ms["mean"] - pub) <= tol,
         }
-    plot_history({k: v for k, v in curves.items() if k.endswith("s0")},
-                 workdir / "accuracy.png", title="MNIST-1D baselines (seed 0)")
-    results = {"name": config.get("name", "mnist1d_baselines"), "dataset": "mnist1d",
-               "tolerance": tol, "runs": runs, "summary": table,
-               "seconds": time.time() - t_start}
-    (workdir / "RESULTS.md").write_text(_report(results, len(config.seeds), _plain(config.train)))
-    return results
+    plot_history(curves, workdir / "accuracy.png", title=f"MNIST-1D baselines (seed {seeds[0]})")
+    return {"name": STUDY, "dataset": "mnist1d", "tolerance": tol, "runs": runs,
+            "summary": table, "seconds": time.time() - t_start}
 
 
-def _report(res: dict, n_seeds: int, train: dict) -> str:
-    opt = train.get("optimizer", {})
+def render(res: dict) -> str:
+    """``RESULTS.md`` from the results dict."""
+    cfg = res["config"]
+    train, opt = cfg["train"], cfg["train"]["optimizer"]
+    tol = res["tolerance"]
+    wd = opt.get("weight_decay")
+    n_seeds = len(cfg["seeds"])
+    rows = []
+    for name, row in res["summary"].items():
+        pub = row["published"]
+        rows.append([
+            name, f"{row['params']:,}", f"{row['macs']:,}",
+            fmt_ms(row["accuracy"], scale=100, unit="%"),
+            "n/a" if pub is None else f"{pub * 100:.0f}%",
+            "n/a" if pub is None else signed(row["delta_vs_published"], scale=100, unit=" pp"),
+            "n/a" if pub is None else ("yes" if row["within_tolerance"] else "no"),
+        ])
+    compared = {n: r for n, r in res["summary"].items() if r["published"] is not None}
+    inside = [n for n, r in compared.items() if r["within_tolerance"]]
+    outside = [f"{n} ({signed(r['delta_vs_published'], scale=100, unit=' pp')})"
+               for n, r in compared.items() if not r["within_tolerance"]]
+    below = [n for n, r in compared.items() if r["delta_vs_published"] < 0]
+    above = [n for n, r in compared.items() if r["delta_vs_published"] > 0]
+    if len(inside) == len(compared):
+        verdict = f"All {len(compared)} models are within ±{tol * 100:.0f} pp of the published means"
+    else:
+        verdict = (f"{len(inside)} of {len(compared)} models are within ±{tol * 100:.0f} pp of "
+                   f"the published means; outside: {words(outside)}")
+    verdict += (f"; below the published mean: {words(below)}; above: {words(above)}.")
     lines = [
         "# MNIST-1D baselines",
         "",
-        (f"Adam lr {opt.get('learning_rate')}, batch 100, {train.get('steps')} steps, no weight "
-        f"decay, {n_seeds} seeds; test accuracy on the 1,000 regenerated test signals. "
-        "1 MAC = 2 FLOPs."),
+        (f"{opt['name'].capitalize()} lr {opt['learning_rate']}, batch "
+         f"{cfg['data']['batch_size']}, {studies.train_budget(train)}, "
+         f"{'no weight decay' if not wd else f'weight decay {wd}'}, "
+         f"{n_seeds} seed{'s' if n_seeds != 1 else ''}; test accuracy on the 1,000 regenerated test "
+         "signals (mean ± std over seeds). 1 MAC = 2 FLOPs."),
         "",
-        ("| model | params | MACs | accuracy (mean ± std) | published | delta | within ±"
-        f"{res['tolerance'] * 100:.0f} pp |"),
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, row in res["summary"].items():
-        a = row["accuracy"]
-        pub = row["published"]
-        pub_s = "n/a" if pub is None else f"{pub * 100:.0f}%"
-        delta = "" if pub is None else f"{row['delta_vs_published'] * 100:+.1f} pp"
-        ok = "" if pub is None else ("yes" if row["within_tolerance"] else "no")
-        lines.append(f"| {name} | {row['params']:,} | {row['macs']:,} | "
-                     f"{a['mean'] * 100:.1f} ± {a['std'] * 100:.1f}% | {pub_s} | {delta} | {ok} |")
-    lines += [
+        *markdown_table(["model", "params", "MACs", "accuracy (mean ± std)", "published",
+                         "delta", f"within ±{tol * 100:.0f} pp"], rows),
         "",
-        ("Published means (Greydanus 2020): logistic 32%, MLP 68%, CNN 94%, GRU 91%; single runs "
-        "are about 2 pp lower."),
+        verdict,
+        "",
+        ("Published means (Greydanus 2020): "
+         + ", ".join(f"{n} {r['published'] * 100:.0f}%" for n, r in compared.items())
+         + "; the paper notes that single runs are about 2 pp lower."),
         "",
         "![learning curves](accuracy.png)",
         "",
+        *studies.run_section(res),
+        "",
     ]
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return studies.study_main(STUDY, train_and_evaluate, render, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
