@@ -61,10 +61,11 @@ import jax.numpy as jnp
 
 from jaxcomp.core.base import Compressor
 from jaxcomp.prune import scores as _scores
-from jaxcomp.prune.engine import Selection, build_pruning, masks_info, nm_sparsity_check
+from jaxcomp.prune.engine import build_pruning, masks_info, nm_sparsity_check
 from jaxcomp.prune.masks import MaskConfig, apply_masks
 from jaxcomp.prune.patterns import NM
 from jaxcomp.prune.schedules import Schedule, as_schedule
+from jaxcomp.select.selection import Selected
 
 __all__ = [
     "MagnitudePruningState",
@@ -182,10 +183,10 @@ def _resolve(name: str, sparsity: Any, *, scope: str, pattern: Any, allocation: 
 def _hook(score_fn: Callable[..., Any], name: str) -> Callable[..., list]:
     """Adapts a public ``score_fn(params, *, grads=None, **extra)`` to the engine."""
 
-    def scorer(sel: Selection, g, extra, state, acc):
+    def scorer(sel: Selected, g, extra, state, acc):
         del state, acc
-        tree = sel.sub_tree()
-        gtree = None if g is None else sel.sub_tree(_place(sel, g))
+        tree = sel.masked()
+        gtree = None if g is None else sel.masked(g)
         out = score_fn(tree, grads=gtree, **extra)
         leaves = jax.tree_util.tree_leaves(out)
         shapes = [jnp.shape(x) for x in sel.sel_leaves]
@@ -198,13 +199,6 @@ def _hook(score_fn: Callable[..., Any], name: str) -> Callable[..., list]:
         return leaves
 
     return scorer
-
-
-def _place(sel: Selection, selected: list) -> list:
-    full = list(sel.leaves)
-    for i, x in zip(sel.idx, selected):
-        full[i] = x
-    return full
 
 
 def magnitude_pruning(
@@ -314,7 +308,7 @@ def random_pruning(
         return out
 
     def scorer(sel, g, extra, state, acc):
-        return noise(sel.sel_leaves, state.count + 1, sel.masks_of(state.masks))
+        return noise(sel.sel_leaves, state.count + 1, sel.of_masked(state.masks, "the state's masks"))
 
     return build_pruning(
         name=name, state_cls=RandomPruningState, schedule=sched, config=config, where=where,
@@ -480,7 +474,7 @@ def obd_pruning(
         name, sparsity, scope=scope, pattern=pattern, allocation=allocation,
         normalize=normalize, update_every=update_every, mode=mode, sr_ste_decay=sr_ste_decay)
 
-    def scorer(sel: Selection, g, extra, state, acc):
+    def scorer(sel: Selected, g, extra, state, acc):
         params = sel.rebuild(sel.sel_leaves)
         if extra.get("hessian_diag") is not None:
             h = sel.of(extra["hessian_diag"], "hessian_diag")

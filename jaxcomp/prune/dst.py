@@ -51,7 +51,8 @@ from jax import lax
 from jaxcomp.core.base import Compressor
 from jaxcomp.core.errors import check_in_range
 from jaxcomp.prune.allocation import erk_sparsities
-from jaxcomp.prune.engine import Selection, masks_info
+from jaxcomp.prune.engine import masks_info
+from jaxcomp.prune.masks import select_prunable
 from jaxcomp.prune.ste import masked_weight, ste_masked_weight
 from jaxcomp.prune.threshold import _is_tracer, check_finite, num_pruned, smallest_k_masks
 
@@ -141,7 +142,7 @@ def _dst(sparsity, *, drop_frac, update_every, end_step, allocation, where, key,
         key = jax.random.key(0)
 
     def select(params):
-        return Selection(params, where, name)
+        return select_prunable(params, where, name)
 
     def layer_sparsities(params, sel):
         if allocation == "erk":
@@ -159,25 +160,25 @@ def _dst(sparsity, *, drop_frac, update_every, end_step, allocation, where, key,
                   for i, x in enumerate(leaves)]
         pruned = smallest_k_masks(scores, [num_pruned(s, int(np.size(x)))
                                            for s, x in zip(sps, leaves)])
-        return DSTState(masks=sel.masks_tree([~p for p in pruned]),
-                        regrown=sel.masks_tree([jnp.zeros(jnp.shape(x), bool) for x in leaves]),
+        return DSTState(masks=sel.masked([~p for p in pruned]),
+                        regrown=sel.masked([jnp.zeros(jnp.shape(x), bool) for x in leaves]),
                         count=jnp.zeros((), jnp.int32), last_update=jnp.full((), -1, jnp.int32),
                         key=k_state)
 
     def apply(params, state):
         sel = select(params)
-        ms = sel.masks_of(state.masks)
+        ms = sel.of_masked(state.masks, "the state's masks")
         return sel.rebuild([ste_masked_weight(w, m) for w, m in zip(sel.sel_leaves, ms)])
 
     def project(params, state):
         sel = select(params)
-        ms = sel.masks_of(state.masks)
+        ms = sel.of_masked(state.masks, "the state's masks")
         return sel.rebuild([masked_weight(w, m) for w, m in zip(sel.sel_leaves, ms)])
 
     def update(params, state, *, step, grads=None, **extra):
         del extra
         sel = select(params)
-        ms = sel.masks_of(state.masks)
+        ms = sel.of_masked(state.masks, "the state's masks")
         leaves = sel.sel_leaves
         if grow == "gradient" and grads is None:
             raise ValueError(f"{name}.update needs grads= (RigL grows where |grad| is largest); "
@@ -223,7 +224,7 @@ def _dst(sparsity, *, drop_frac, update_every, end_step, allocation, where, key,
         else:
             (new, grown), ws = hold(), list(leaves)
         new_state = state._replace(
-            masks=sel.masks_tree(new), regrown=sel.masks_tree(grown),
+            masks=sel.masked(new), regrown=sel.masked(grown),
             count=state.count + jnp.asarray(do, jnp.int32),
             last_update=jnp.where(do, step, state.last_update))
         return sel.rebuild(ws), new_state

@@ -35,8 +35,7 @@ densities to :func:`jaxcomp.metrics.analyze`.
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -45,22 +44,21 @@ import numpy as np
 from jax import lax
 from jax.experimental import checkify
 
-from jaxcomp.core.base import Compressor, MaskedNode
-from jaxcomp.core.errors import list_paths
+from jaxcomp.core.base import Compressor
 from jaxcomp.core.info import LeafInfo
-from jaxcomp.prune.masks import MaskConfig, _check_leaf, compute_keep, default_where
+from jaxcomp.prune.masks import MaskConfig, compute_keep, select_prunable
 from jaxcomp.prune.patterns import NM
 from jaxcomp.prune.schedules import Schedule
 from jaxcomp.prune.ste import MODES, mask_view, masked_weight
 from jaxcomp.prune.threshold import _is_tracer, check_finite
-from jaxcomp.select.paths import is_leaf, leaves_with_paths, path_str
-from jaxcomp.select.selectors import resolve
+from jaxcomp.select.paths import leaves_with_paths
+from jaxcomp.select.selection import Selected
 
-__all__ = ["Selection", "build_pruning", "masks_info"]
+__all__ = ["build_pruning", "masks_info"]
 
 # scorer(selection, selected_grads | None, extra, state, accumulated | None)
 #   -> list of score arrays, one per selected leaf
-Scorer = Callable[["Selection", list | None, dict, Any, list | None], list]
+Scorer = Callable[[Selected, list | None, dict, Any, list | None], list]
 
 
 def masks_info(masks: Any) -> dict[str, LeafInfo]:
@@ -71,94 +69,6 @@ def masks_info(masks: Any) -> dict[str, LeafInfo]:
             raise ValueError("masks_info needs concrete masks (call it outside jit)")
         out[p] = LeafInfo(density=float(np.mean(np.asarray(m))) if np.size(m) else 1.0)
     return out
-
-
-class Selection:
-    """The pruned leaves of a params tree (static, recomputed per trace)."""
-
-    def __init__(self, params: Any, where: Any, what: str):
-        flat, self.treedef = jax.tree_util.tree_flatten_with_path(params, is_leaf=is_leaf)
-        self.paths = [path_str(kp) for kp, _ in flat]
-        self.leaves = [x for _, x in flat]
-        flags = jax.tree_util.tree_leaves(resolve(default_where() if where is None else where,
-                                                  params))
-        self.idx = [i for i, f in enumerate(flags) if f]
-        if not self.idx:
-            raise ValueError(
-                f"{what}: where= selects no parameter. Available paths:\n{list_paths(self.paths)}"
-                "\nSelect at least one (e.g. where=r'.*/kernel'); the default takes float arrays "
-                "with ndim >= 2."
-            )
-        for i in self.idx:
-            _check_leaf(self.paths[i], self.leaves[i], what)
-        self.what = what
-
-    @property
-    def sel_paths(self) -> list[str]:
-        return [self.paths[i] for i in self.idx]
-
-    @property
-    def sel_leaves(self) -> list[Any]:
-        return [self.leaves[i] for i in self.idx]
-
-    def of(self, tree: Any, name: str) -> list[Any]:
-        """The selected leaves of a tree with the params' structure (e.g. grads)."""
-        leaves = jax.tree_util.tree_leaves(tree, is_leaf=is_leaf)
-        if len(leaves) != len(self.leaves):
-            raise ValueError(
-                f"{self.what}: {name} has {len(leaves)} leaves but params have {len(self.leaves)};"
-                f" pass {name} with the structure of params"
-            )
-        return [leaves[i] for i in self.idx]
-
-    def masks_of(self, masks: Any) -> list[jax.Array]:
-        flat = leaves_with_paths(masks)
-        ms = [m for _, m in flat]
-        mpaths = [p for p, _ in flat]
-        if len(ms) == len(self.idx) and mpaths != self.sel_paths:
-            moved = [f"{a} (state) vs {b} (params)" for a, b in zip(mpaths, self.sel_paths)
-                     if a != b]
-            raise ValueError(
-                f"{self.what}: the state was built for parameters at other paths:\n"
-                f"{list_paths(moved)}\nThe state is matched to params by path, not by "
-                "position: re-run init on the params you train."
-            )
-        shapes_ok = len(ms) == len(self.idx) and all(
-            tuple(np.shape(m)) == tuple(np.shape(self.leaves[i])) for m, i in zip(ms, self.idx))
-        if not shapes_ok:
-            raise ValueError(
-                f"{self.what}: the state's masks do not fit these params (selected now:\n"
-                f"{list_paths(self.sel_paths)}\n). Re-run init on the params you train, with the "
-                "same where=."
-            )
-        return ms
-
-    def with_selected(self, selected_new: Sequence[Any]) -> Selection:
-        """A copy of this selection whose selected leaves are ``selected_new``."""
-        out = copy.copy(self)
-        out.leaves = list(self.leaves)
-        for i, x in zip(self.idx, selected_new):
-            out.leaves[i] = x
-        return out
-
-    def sub_tree(self, tree_leaves: Sequence[Any] | None = None) -> Any:
-        """The params tree with unselected leaves replaced by MaskedNode."""
-        src = self.leaves if tree_leaves is None else tree_leaves
-        sel = set(self.idx)
-        return jax.tree_util.tree_unflatten(
-            self.treedef, [x if i in sel else MaskedNode() for i, x in enumerate(src)])
-
-    def rebuild(self, selected_new: Sequence[Any], base: Sequence[Any] | None = None) -> Any:
-        out = list(self.leaves if base is None else base)
-        for i, x in zip(self.idx, selected_new):
-            out[i] = x
-        return jax.tree_util.tree_unflatten(self.treedef, out)
-
-    def masks_tree(self, keeps: Sequence[jax.Array]) -> Any:
-        out: list[Any] = [MaskedNode()] * len(self.leaves)
-        for i, k in zip(self.idx, keeps):
-            out[i] = k
-        return jax.tree_util.tree_unflatten(self.treedef, out)
 
 
 def build_pruning(
@@ -188,7 +98,7 @@ def build_pruning(
         raise ValueError(f"{name}: sr_ste_decay only applies to mode='sr_ste'")
 
     def select(params):
-        sel = Selection(params, where, name)
+        sel = select_prunable(params, where, name)
         config.check(sel.sel_paths, [tuple(np.shape(x)) for x in sel.sel_leaves])
         pm = config.path_map(sel.sel_paths, has_default_sparsity)
         return sel, pm
@@ -207,23 +117,23 @@ def build_pruning(
             s0 = jnp.zeros((), jnp.float32)
             keeps = [jnp.ones_like(x, dtype=bool) for x in leaves]
             frac = jnp.zeros((), jnp.float32)
-        fields = {"masks": sel.masks_tree(keeps), "sparsity": jnp.asarray(s0, jnp.float32),
+        fields = {"masks": sel.masked(keeps), "sparsity": jnp.asarray(s0, jnp.float32),
                   "pruned_fraction": jnp.asarray(frac, jnp.float32),
                   "count": jnp.zeros((), jnp.int32),
                   "last_update": jnp.full((), -1, jnp.int32)}
         if accumulate is not None:
-            fields["scores"] = sel.masks_tree([jnp.zeros(jnp.shape(x), jnp.float32)
+            fields["scores"] = sel.masked([jnp.zeros(jnp.shape(x), jnp.float32)
                                                for x in leaves])
         return state_cls(**fields)
 
     def apply(params, state):
         sel, _ = select(params)
-        ms = sel.masks_of(state.masks)
+        ms = sel.of_masked(state.masks, "the state's masks")
         return sel.rebuild([mask_view(w, m, mode, decay) for w, m in zip(sel.sel_leaves, ms)])
 
     def update(params, state, *, step, grads=None, **extra):
         sel, pm = select(params)
-        ms = sel.masks_of(state.masks)
+        ms = sel.of_masked(state.masks, "the state's masks")
         leaves = sel.sel_leaves
         g = None if grads is None else sel.of(grads, "grads")
         step = jnp.asarray(step, jnp.int32)
@@ -232,8 +142,8 @@ def build_pruning(
         if accumulate is not None:
             if g is None:
                 raise ValueError(f"{name}.update needs grads= (scores accumulate every update)")
-            acc = accumulate(leaves, g, sel.masks_of(state.scores))
-            fields["scores"] = sel.masks_tree(acc)
+            acc = accumulate(leaves, g, sel.of_masked(state.scores, "the state's scores"))
+            fields["scores"] = sel.masked(acc)
 
         if mode == "project":
             # The optimizer moved the pruned weights: zero them with the current masks. XLA
@@ -267,7 +177,7 @@ def build_pruning(
         else:  # eager call: no need to compile both branches
             keeps, s, frac, new_leaves = recompute(operand) if bool(do) else keep(operand)
         do_i = jnp.asarray(do, jnp.int32)
-        fields.update(masks=sel.masks_tree(keeps), sparsity=s, pruned_fraction=frac,
+        fields.update(masks=sel.masked(keeps), sparsity=s, pruned_fraction=frac,
                       count=state.count + do_i,
                       last_update=jnp.where(do, step, state.last_update))
         new_state = state._replace(**fields)
@@ -280,7 +190,7 @@ def build_pruning(
 
         def project(params, state):
             sel, _ = select(params)
-            ms = sel.masks_of(state.masks)
+            ms = sel.of_masked(state.masks, "the state's masks")
             return sel.rebuild([masked_weight(w, m) for w, m in zip(sel.sel_leaves, ms)])
 
     due = None  # scores that accumulate change the state on every step
