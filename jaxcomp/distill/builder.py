@@ -46,7 +46,7 @@ from jaxcomp.distill._common import (
     norm_pairs,
     teacher_path,
 )
-from jaxcomp.distill.losses import _hard_ce, _log_mixture, _soft_term
+from jaxcomp.distill.losses import hard_ce, log_mixture, soft_term
 from jaxcomp.distill.taps import linen_taps
 from jaxcomp.distill.teachers import DISTILL_KEY, TEACHER_STATE_KEY, split_distill_params
 
@@ -264,11 +264,11 @@ class DistillationLoss:
         w = self._weights(distill)
         s32 = s_logits.astype(jnp.float32)
         T = self.temperature
-        log_p = _log_mixture(t_logits, T, w)
-        kd = masked_mean(_soft_term(s32, log_p, T, self.kind), mask)
+        log_p = log_mixture(t_logits, T, w)
+        kd = masked_mean(soft_term(s32, log_p, T, self.kind), mask)
         metrics: dict[str, jax.Array] = {"kd": kd}
         if labels is not None:
-            ce = masked_mean(_hard_ce(s32, labels), mask)
+            ce = masked_mean(hard_ce(s32, labels), mask)
             loss = self.alpha * kd + (1.0 - self.alpha) * ce
             metrics["ce"] = ce
             pred = jnp.argmax(s32, -1)

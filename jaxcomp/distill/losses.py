@@ -97,7 +97,7 @@ def soft_targets(
     return jax.nn.softmax(jnp.asarray(teacher_logits, jnp.float32) / temperature, axis=-1)
 
 
-def _log_mixture(
+def log_mixture(
     teacher_logits: Sequence[ArrayLike] | ArrayLike, temperature, weights, checked: bool = False
 ) -> jax.Array:
     """``log(sum_k w_k softmax(t_k / T))`` computed stably, weights normalised."""
@@ -196,10 +196,10 @@ def multi_teacher_soft_targets(
       You et al. 2017, Learning from multiple teacher networks, KDD.
     """
     check_positive("temperature", temperature, checked=checked)
-    return jnp.exp(_log_mixture(teacher_logits, temperature, weights, checked))
+    return jnp.exp(log_mixture(teacher_logits, temperature, weights, checked))
 
 
-def _soft_term(student_logits, log_targets, temperature, kind) -> jax.Array:
+def soft_term(student_logits, log_targets, temperature, kind) -> jax.Array:
     """Per-example ``T^2 * KL(p || q)`` (or cross-entropy) at temperature ``T``."""
     log_q = jax.nn.log_softmax(student_logits / temperature, axis=-1)
     p = jnp.exp(log_targets)
@@ -212,7 +212,7 @@ def _soft_term(student_logits, log_targets, temperature, kind) -> jax.Array:
     return per * (temperature**2)
 
 
-def _hard_ce(student_logits: jax.Array, labels: ArrayLike, *, checked: bool = False) -> jax.Array:
+def hard_ce(student_logits: jax.Array, labels: ArrayLike, *, checked: bool = False) -> jax.Array:
     """Per-example cross-entropy at T = 1 with integer labels or target distributions."""
     host = concrete(labels)
     if host is not None and not (
@@ -259,7 +259,7 @@ def _check_logits(student_logits, teacher_shape) -> jax.Array:
 def _combine(soft, student_logits, labels, alpha, mask, checked) -> jax.Array:
     if labels is None:
         return masked_mean(soft, mask)
-    per = alpha * soft + (1.0 - alpha) * _hard_ce(student_logits, labels, checked=checked)
+    per = alpha * soft + (1.0 - alpha) * hard_ce(student_logits, labels, checked=checked)
     return masked_mean(per, mask)
 
 
@@ -343,7 +343,7 @@ def kd_loss(
     t = jnp.asarray(teacher_logits)
     s = _check_logits(student_logits, t.shape)
     log_p = jax.nn.log_softmax(t.astype(s.dtype) / temperature, axis=-1)
-    soft = _soft_term(s, log_p, temperature, kind)
+    soft = soft_term(s, log_p, temperature, kind)
     return _combine(soft, s, labels, alpha, mask, checked)
 
 
@@ -400,7 +400,7 @@ def multi_teacher_kd_loss(
     _check_kind(kind)
     check_positive("temperature", temperature, checked=checked)
     check_fraction("alpha", alpha, checked=checked)
-    log_p = _log_mixture(teacher_logits, temperature, weights, checked)
+    log_p = log_mixture(teacher_logits, temperature, weights, checked)
     s = _check_logits(student_logits, log_p.shape)
-    soft = _soft_term(s, log_p, temperature, kind)
+    soft = soft_term(s, log_p, temperature, kind)
     return _combine(soft, s, labels, alpha, mask, checked)

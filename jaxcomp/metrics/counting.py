@@ -49,14 +49,14 @@ KINDS = ("weight", "bias", "norm", "embedding", "other")
 _NORM_MODULE = re.compile(r".*norm.*|(bn|ln|gn)(\d+|_.*)?|batch_stats", re.IGNORECASE)
 
 
-def _is_abstract(x: Any) -> bool:
+def is_abstract(x: Any) -> bool:
     return isinstance(x, (jax.ShapeDtypeStruct, jax.core.Tracer))
 
 
-def _check_leaf(path: str, leaf: Any) -> None:
+def check_count_leaf(path: str, leaf: Any) -> None:
     if isinstance(leaf, CompressedLeaf):
         return
-    if isinstance(leaf, (np.ndarray, np.generic, jax.Array)) or _is_abstract(leaf):
+    if isinstance(leaf, (np.ndarray, np.generic, jax.Array)) or is_abstract(leaf):
         return
     raise TypeError(
         f"parameter '{path}' is a {type(leaf).__name__}, not an array; counting needs array "
@@ -84,8 +84,8 @@ def dense_values(path: str, leaf: Any) -> np.ndarray:
     Raises:
       TypeError: for non-array or abstract leaves, naming ``path``.
     """
-    _check_leaf(path, leaf)
-    if _is_abstract(leaf):
+    check_count_leaf(path, leaf)
+    if is_abstract(leaf):
         raise TypeError(
             f"parameter '{path}' is abstract ({type(leaf).__name__}); non-zero counts need "
             "concrete arrays (call outside jit, not on eval_shape output)"
@@ -123,7 +123,7 @@ def count_params(tree: Any, *, dense: bool = False) -> int:
     """
     total = 0
     for path, leaf in leaves_with_paths(tree):
-        _check_leaf(path, leaf)
+        check_count_leaf(path, leaf)
         total += _dense_size(leaf) if dense else _stored_size(leaf)
     return total
 
@@ -237,7 +237,7 @@ def param_table(
     """
     rows = []
     for path, leaf in leaves_with_paths(tree):
-        _check_leaf(path, leaf)
+        check_count_leaf(path, leaf)
         kind = classify(path, leaf) if classify is not None else None
         if kind is None:
             kind = default_classify(path, leaf)
@@ -246,7 +246,7 @@ def param_table(
                 f"classify returned {kind!r} for '{path}'; a kind must be one of {', '.join(KINDS)}"
             )
         size = _dense_size(leaf)
-        if _is_abstract(leaf):
+        if is_abstract(leaf):
             nonzero, density, leaf_type = None, None, "abstract"
         else:
             nonzero = _nonzero(path, leaf)

@@ -21,8 +21,8 @@ from jaxcomp.metrics.storage import (
     BASELINE_BITS,
     StorageReport,
     StorageSpec,
-    _finite_or_none,
-    _int_field,
+    finite_or_none,
+    int_field,
     model_size_bytes,
 )
 from jaxcomp.select.leafrules import LeafRule
@@ -34,7 +34,7 @@ __all__ = ["DeepCompressionReport", "deep_compression_report"]
 def _per_leaf_int(value: Any, name: str, low: int, high: int,
                   pairs: list[tuple[str, Any]]) -> list[int]:
     """One int in ``[low, high]`` per ``(path, leaf)``, from a :func:`jaxcomp.select.per_leaf` rule."""
-    return LeafRule(value, what=name, validate=lambda v, label: _int_field(label, v, low, high)
+    return LeafRule(value, what=name, validate=lambda v, label: int_field(label, v, low, high)
                     ).resolve(pairs, noun="selected parameter")
 
 
@@ -78,7 +78,7 @@ class DeepCompressionReport:
                 "total_bits": rep.total_bits,
                 "total_bytes": rep.total_bytes,
                 "bits_per_weight": rep.bits_per_weight,
-                "ratio": _finite_or_none(rep.ratio),
+                "ratio": finite_or_none(rep.ratio),
             }
         return out
 

@@ -60,19 +60,19 @@ import jax
 import jax.extend.core as jex
 import numpy as np
 
-from jaxcomp.metrics._jaxpr_values import (
-    _DATA,
-    _EMPTY,
-    _ArgThunk,
-    _ConstThunk,
-    _EqnNode,
-    _EqnThunk,
-    _Evaluator,
-    _Info,
-    _literal_info,
-    _meet,
-    _StackedThunk,
-    _static_trip_count,
+from jaxcomp.metrics.jaxpr_values import (
+    DATA,
+    EMPTY,
+    ArgThunk,
+    ConstThunk,
+    EqnNode,
+    EqnThunk,
+    Evaluator,
+    Info,
+    literal_info,
+    meet,
+    StackedThunk,
+    static_trip_count,
 )
 
 __all__ = ["JaxprCount", "OpCount", "clean_scope", "count_jaxpr", "count_macs"]
@@ -237,11 +237,11 @@ class _Walker:
 
     # -- the walk ------------------------------------------------------------
 
-    def walk(self, jaxpr, consts, ins, mult: int, prefix: str, emit: bool) -> list[_Info]:
-        env: dict[Any, _Info] = {}
+    def walk(self, jaxpr, consts, ins, mult: int, prefix: str, emit: bool) -> list[Info]:
+        env: dict[Any, Info] = {}
         constvars = jaxpr.constvars
         if consts is None:
-            consts = [_Info(True) for _ in constvars]
+            consts = [Info(True) for _ in constvars]
         for v, info in zip(constvars, consts):
             env[v] = info
         for v, info in zip(jaxpr.invars, ins):
@@ -249,7 +249,7 @@ class _Walker:
         literal = jex.Literal
 
         def read(v):
-            return _literal_info(v) if isinstance(v, literal) else env.get(v, _DATA)
+            return literal_info(v) if isinstance(v, literal) else env.get(v, DATA)
 
         for eqn in jaxpr.eqns:
             in_infos = [read(v) for v in eqn.invars]
@@ -277,20 +277,20 @@ class _Walker:
                 env[v] = info
         return [read(v) for v in jaxpr.outvars]
 
-    def _generic(self, eqn, in_infos: list[_Info]) -> list[_Info]:
+    def _generic(self, eqn, in_infos: list[Info]) -> list[Info]:
         n = len(eqn.outvars)
         if all(i.param for i in in_infos):
-            sources = frozenset().union(*(i.sources for i in in_infos)) if in_infos else _EMPTY
+            sources = frozenset().union(*(i.sources for i in in_infos)) if in_infos else EMPTY
             if all(i.thunk is not None for i in in_infos):
-                node = _EqnNode(eqn, [i.thunk for i in in_infos])
-                return [_Info(True, sources, _EqnThunk(node, k)) for k in range(n)]
-            return [_Info(True, sources, None) for _ in range(n)]
-        return [_DATA] * n
+                node = EqnNode(eqn, [i.thunk for i in in_infos])
+                return [Info(True, sources, EqnThunk(node, k)) for k in range(n)]
+            return [Info(True, sources, None) for _ in range(n)]
+        return [DATA] * n
 
     @staticmethod
     def _split_closed(j):
         if isinstance(j, jex.ClosedJaxpr):
-            return j.jaxpr, [_Info(True, _EMPTY, _ConstThunk(c)) for c in j.consts]
+            return j.jaxpr, [Info(True, EMPTY, ConstThunk(c)) for c in j.consts]
         return j, None
 
     def _call(self, eqn, in_infos, mult, scope, emit):
@@ -302,10 +302,10 @@ class _Walker:
         return self.walk(jaxpr, consts, in_infos, mult, scope, emit)
 
     def _carry_fixpoint(self, body, pre, carry, post, n_carry, out_offset=0):
-        carry = [_Info(c.param, c.sources, None) for c in carry]
+        carry = [Info(c.param, c.sources, None) for c in carry]
         for _ in range(n_carry + 1):
             outs = self.walk(body[0], body[1], pre + carry + post, 1, "", emit=False)
-            new = [_meet(c, o) for c, o in zip(carry, outs[out_offset : out_offset + n_carry])]
+            new = [meet(c, o) for c, o in zip(carry, outs[out_offset : out_offset + n_carry])]
             if all(a.param == b.param and a.sources == b.sources for a, b in zip(new, carry)):
                 break
             carry = new
@@ -317,7 +317,7 @@ class _Walker:
         body = self._split_closed(p["jaxpr"])
         consts, init, xs = in_infos[:nc], in_infos[nc : nc + ncar], in_infos[nc + ncar :]
         xs = [
-            _Info(x.param, x.sources, _StackedThunk(x.thunk) if x.thunk is not None else None)
+            Info(x.param, x.sources, StackedThunk(x.thunk) if x.thunk is not None else None)
             for x in xs
         ]
         carry = self._carry_fixpoint(body, consts, init, xs, ncar)
@@ -331,9 +331,9 @@ class _Walker:
             if info.param and whole[k].param:
                 res.append(whole[k])
             elif info.param:
-                res.append(_Info(True, info.sources, None))
+                res.append(Info(True, info.sources, None))
             else:
-                res.append(_DATA)
+                res.append(DATA)
         return res
 
     def _while(self, eqn, in_infos, mult, scope, emit):
@@ -343,7 +343,7 @@ class _Walker:
         body = self._split_closed(p["body_jaxpr"])
         cond = self._split_closed(p["cond_jaxpr"])
         carry = self._carry_fixpoint(body, bconsts, init, [], len(init))
-        trips = _static_trip_count(p, cconsts, init)
+        trips = static_trip_count(p, cconsts, init)
         if trips is None:
             trips = 1
             if emit:
@@ -382,9 +382,9 @@ class _Walker:
             if all(i.param for i in infos) and in_infos[0].param:
                 merged.append(whole[k])
             elif all(i.param for i in infos):
-                merged.append(_Info(True, frozenset().union(*(i.sources for i in infos)), None))
+                merged.append(Info(True, frozenset().union(*(i.sources for i in infos)), None))
             else:
-                merged.append(_DATA)
+                merged.append(DATA)
         return merged
 
     def _shard_map(self, eqn, in_infos, mult, scope, emit):
@@ -407,7 +407,7 @@ class _Walker:
     def _unknown_sub(self, eqn, subs, in_infos, mult, scope, emit):
         for sub in subs:
             jaxpr, consts = self._split_closed(sub)
-            ins = in_infos if len(jaxpr.invars) == len(in_infos) else [_DATA] * len(jaxpr.invars)
+            ins = in_infos if len(jaxpr.invars) == len(in_infos) else [DATA] * len(jaxpr.invars)
             self.walk(jaxpr, consts, ins, mult, scope, emit)
         if emit:
             self._warn(
@@ -452,7 +452,7 @@ class _Walker:
         elif li.param:
             w, a, sources = (li, lhs), (ri, rhs), li.sources
         else:
-            w, a, sources = None, (li, lhs), _EMPTY
+            w, a, sources = None, (li, lhs), EMPTY
             if kind == "dense":
                 kind = "einsum"
         if kind == "dense" and batch:
@@ -535,10 +535,10 @@ def count_jaxpr(
     if len(param_groups) != n:
         raise ValueError(f"param_groups has {len(param_groups)} entries for {n} jaxpr inputs")
     ins = [
-        _Info(True, frozenset((g,)), _ArgThunk(i)) if g is not None else _DATA
+        Info(True, frozenset((g,)), ArgThunk(i)) if g is not None else DATA
         for i, g in enumerate(param_groups)
     ]
-    consts = [_Info(True, _EMPTY, _ConstThunk(c)) for c in closed_jaxpr.consts]
+    consts = [Info(True, EMPTY, ConstThunk(c)) for c in closed_jaxpr.consts]
     w = _Walker()
     w.walk(jaxpr, consts, ins, 1, "", emit=True)
     macs = sum(o.macs for o in w.ops if o.op != "weight_transform")
@@ -551,7 +551,7 @@ def count_jaxpr(
         fft_flops=int(fft),
         elementwise_flops=int(w.elementwise),
         warnings=tuple(w.warnings),
-        evaluator=_Evaluator(values),
+        evaluator=Evaluator(values),
     )
 
 

@@ -61,8 +61,8 @@ from jaxcomp.core.errors import list_paths
 from jaxcomp.core.leaves import Codebook, CompressedLeaf, QArray, dtype_bits
 from jaxcomp.encode.huffman import huffman_code
 from jaxcomp.encode.sparse import SPARSE_FORMATS, encode_sparse
-from jaxcomp.metrics.counting import _check_leaf, _is_abstract
-from jaxcomp.select.leafrules import LeafRule, _is_mapping
+from jaxcomp.metrics.counting import check_count_leaf, is_abstract
+from jaxcomp.select.leafrules import LeafRule, is_mapping
 from jaxcomp.select.paths import leaves_with_paths
 
 __all__ = [
@@ -90,7 +90,7 @@ def _bits_for(n: int) -> int:
     return max(1, math.ceil(math.log2(n))) if n > 1 else 1
 
 
-def _int_field(name: str, value: Any, low: int, high: int) -> int:
+def int_field(name: str, value: Any, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         # ValueError by design: every invalid StorageSpec field raises ValueError.
         raise ValueError(  # noqa: TRY004
@@ -142,24 +142,24 @@ class StorageSpec:
             raise ValueError(
                 f"StorageSpec.format={self.format!r} is not one of {', '.join(STORAGE_FORMATS)}"
             )
-        _int_field("index_bits", self.index_bits, 1, 32)
-        _int_field("codebook_bits", self.codebook_bits, 1, 64)
+        int_field("index_bits", self.index_bits, 1, 32)
+        int_field("codebook_bits", self.codebook_bits, 1, 64)
         if not isinstance(self.huffman, (bool, np.bool_)):
             raise ValueError(f"StorageSpec.huffman must be a bool, got {self.huffman!r}")  # noqa: TRY004
         if self.codebook is not None:
-            k = _int_field("codebook", self.codebook, 1, 2**32)
+            k = int_field("codebook", self.codebook, 1, 2**32)
             need = _bits_for(k)
             if self.bits is None:
                 bits = need
             else:
-                bits = _int_field("bits", self.bits, 1, 32)
+                bits = int_field("bits", self.bits, 1, 32)
                 if bits < need:
                     raise ValueError(
                         f"StorageSpec.bits={bits} cannot index a codebook of {k} values "
                         f"(needs {need} bits); leave bits unset or raise it"
                     )
         else:
-            bits = 32 if self.bits is None else _int_field("bits", self.bits, 1, 32)
+            bits = 32 if self.bits is None else int_field("bits", self.bits, 1, 32)
         object.__setattr__(self, "bits", bits)
         object.__setattr__(self, "huffman", bool(self.huffman))
 
@@ -239,7 +239,7 @@ class StorageRow:
         return d
 
 
-def _finite_or_none(x: float) -> float | None:
+def finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
@@ -301,7 +301,7 @@ class StorageReport:
             total_bits=self.total_bits,
             total_bytes=self.total_bytes,
             bits_per_weight=self.bits_per_weight,
-            ratio=_finite_or_none(self.ratio),
+            ratio=finite_or_none(self.ratio),
             dense_bits=self.dense_bits,
         )
         return out
@@ -365,7 +365,7 @@ def _resolve_specs(spec: Any, items: list[tuple[str, Any]]) -> list[StorageSpec 
     if (isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str)
             and isinstance(spec[1], StorageSpec)):
         spec = [spec]  # a single (regex, StorageSpec) pair
-    if not (spec is None or isinstance(spec, (StorageSpec, list, tuple)) or _is_mapping(spec)
+    if not (spec is None or isinstance(spec, (StorageSpec, list, tuple)) or is_mapping(spec)
             or callable(spec)):
         raise TypeError(
             f"spec must be None, a StorageSpec, a mapping or list of (regex, StorageSpec), or a "
@@ -379,8 +379,8 @@ def _resolve_specs(spec: Any, items: list[tuple[str, Any]]) -> list[StorageSpec 
 
 
 def _dense_host(path: str, leaf: Any) -> np.ndarray:
-    _check_leaf(path, leaf)
-    if _is_abstract(leaf):
+    check_count_leaf(path, leaf)
+    if is_abstract(leaf):
         raise TypeError(
             f"parameter '{path}' is abstract ({type(leaf).__name__}); storage accounting needs "
             "concrete arrays"
@@ -590,7 +590,7 @@ def model_size_bytes(params: Any, spec: SpecLike = None, *, strict: bool = False
         raise TypeError(f"strict must be a bool, got {strict!r}")
     items = leaves_with_paths(params)
     for path, leaf in items:
-        _check_leaf(path, leaf)
+        check_count_leaf(path, leaf)
     specs = _resolve_specs(spec, items)
     rows: list[StorageRow] = []
     warnings: list[str] = []

@@ -30,7 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxcomp.models import _costs
+from jaxcomp.models import costs
 from jaxcomp.models.registry import register_model
 
 __all__ = [
@@ -219,33 +219,33 @@ class VGGSmall(nn.Module):
 
 
 def _lenet5_costs(num_classes: int = 10, **_unused) -> tuple[int, int]:
-    return _costs.total(
-        _costs.conv(24 * 24, 1, 20, 25),
-        _costs.conv(8 * 8, 20, 50, 25),
-        _costs.dense(4 * 4 * 50, 500),
-        _costs.dense(500, num_classes),
+    return costs.total(
+        costs.conv(24 * 24, 1, 20, 25),
+        costs.conv(8 * 8, 20, 50, 25),
+        costs.dense(4 * 4 * 50, 500),
+        costs.dense(500, num_classes),
     )
 
 
 def _lenet5_classic_costs(num_classes: int = 10, **_unused) -> tuple[int, int]:
-    return _costs.total(
-        _costs.conv(28 * 28, 1, 6, 25),
-        _costs.conv(10 * 10, 6, 16, 25),
-        _costs.dense(400, 120),
-        _costs.dense(120, 84),
-        _costs.dense(84, num_classes),
+    return costs.total(
+        costs.conv(28 * 28, 1, 6, 25),
+        costs.conv(10 * 10, 6, 16, 25),
+        costs.dense(400, 120),
+        costs.dense(120, 84),
+        costs.dense(84, num_classes),
     )
 
 
 def _mnist1d_cnn_costs(num_classes: int = 10, channels: int = 25, **_unused) -> tuple[int, int]:
-    n1 = _costs.conv_out(40, 5, 2, (1, 1))
-    n2 = _costs.conv_out(n1, 3, 2, (1, 1))
-    n3 = _costs.conv_out(n2, 3, 2, (1, 1))
-    return _costs.total(
-        _costs.conv(n1, 1, channels, 5),
-        _costs.conv(n2, channels, channels, 3),
-        _costs.conv(n3, channels, channels, 3),
-        _costs.dense(n3 * channels, num_classes),
+    n1 = costs.conv_out(40, 5, 2, (1, 1))
+    n2 = costs.conv_out(n1, 3, 2, (1, 1))
+    n3 = costs.conv_out(n2, 3, 2, (1, 1))
+    return costs.total(
+        costs.conv(n1, 1, channels, 5),
+        costs.conv(n2, channels, channels, 3),
+        costs.conv(n3, channels, channels, 3),
+        costs.dense(n3 * channels, num_classes),
     )
 
 
@@ -255,9 +255,9 @@ def _vgg_costs(num_classes: int = 10, cfg=VGG_SMALL_CFG, **_unused) -> tuple[int
         if item == "M":
             size //= 2
             continue
-        layers += [_costs.conv(size * size, c_in, int(item), 9, bias=False), _costs.norm(int(item))]
+        layers += [costs.conv(size * size, c_in, int(item), 9, bias=False), costs.norm(int(item))]
         c_in = int(item)
-    return _costs.total(*layers, _costs.dense(c_in, num_classes))
+    return costs.total(*layers, costs.dense(c_in, num_classes))
 
 
 # ----------------------------------------------------------------------------- registry

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
-from jaxcomp.models import _costs
+from jaxcomp.models import costs
 from jaxcomp.models.nnx_models import MLPNNX
 from jaxcomp.models.registry import register_model
 
@@ -133,7 +133,7 @@ def mlp_costs(
 ) -> tuple[int, int]:
     """``(params, macs)`` of an MLP ``in_features-hidden...-num_classes`` (residuals are free)."""
     widths = (in_features, *hidden, num_classes)
-    return _costs.total(*(_costs.dense(a, b) for a, b in itertools.pairwise(widths)))
+    return costs.total(*(costs.dense(a, b) for a, b in itertools.pairwise(widths)))
 
 
 def _input_shape(in_features: int, **_unused) -> tuple[int, ...]:

@@ -30,7 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxcomp.models import _costs
+from jaxcomp.models import costs
 from jaxcomp.models.registry import register_model
 
 __all__ = ["MOBILENET_SMALL_BLOCKS", "DepthwiseSeparable", "MobileNetSmall", "mobilenet_small"]
@@ -131,15 +131,15 @@ def _mobilenet_costs(
     **_unused,
 ) -> tuple[int, int]:
     size, c_in = image_size, _scale(_STEM, alpha)
-    layers = [_costs.conv(size * size, 3, c_in, 9, bias=False), _costs.norm(c_in)]
+    layers = [costs.conv(size * size, 3, c_in, 9, bias=False), costs.norm(c_in)]
     for c, s in blocks:
         c = _scale(c, alpha)
-        size = _costs.conv_out(size, 3, s, (1, 1))
+        size = costs.conv_out(size, 3, s, (1, 1))
         pos = size * size
-        layers += [_costs.conv(pos, c_in, c_in, 9, groups=c_in, bias=False), _costs.norm(c_in)]
-        layers += [_costs.conv(pos, c_in, c, 1, bias=False), _costs.norm(c)]
+        layers += [costs.conv(pos, c_in, c_in, 9, groups=c_in, bias=False), costs.norm(c_in)]
+        layers += [costs.conv(pos, c_in, c, 1, bias=False), costs.norm(c)]
         c_in = c
-    return _costs.total(*layers, _costs.dense(c_in, num_classes))
+    return costs.total(*layers, costs.dense(c_in, num_classes))
 
 
 @register_model(

@@ -32,7 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxcomp.models import _costs
+from jaxcomp.models import costs
 from jaxcomp.models.registry import register_model
 
 __all__ = [
@@ -221,41 +221,41 @@ def _cifar_resnet_costs(
 ) -> tuple[int, int]:
     n = (depth - 2) // 6
     size, c_in = 32, widths[0]
-    layers = [_costs.conv(size * size, 3, c_in, 9, bias=False), _costs.norm(c_in)]
+    layers = [costs.conv(size * size, 3, c_in, 9, bias=False), costs.norm(c_in)]
     for s, width in enumerate(widths):
         for b in range(n):
             stride = 2 if (s > 0 and b == 0) else 1
-            size = _costs.conv_out(size, 3, stride, (1, 1))
+            size = costs.conv_out(size, 3, stride, (1, 1))
             pos = size * size
-            layers += [_costs.conv(pos, c_in, width, 9, bias=False), _costs.norm(width)]
-            layers += [_costs.conv(pos, width, width, 9, bias=False), _costs.norm(width)]
+            layers += [costs.conv(pos, c_in, width, 9, bias=False), costs.norm(width)]
+            layers += [costs.conv(pos, width, width, 9, bias=False), costs.norm(width)]
             if (c_in != width or stride != 1) and shortcut == "projection":
-                layers += [_costs.conv(pos, c_in, width, 1, bias=False), _costs.norm(width)]
+                layers += [costs.conv(pos, c_in, width, 1, bias=False), costs.norm(width)]
             c_in = width
-    return _costs.total(*layers, _costs.dense(c_in, num_classes))
+    return costs.total(*layers, costs.dense(c_in, num_classes))
 
 
 def _resnet_costs(
     num_classes: int = 1000, stage_sizes: Sequence[int] = (3, 4, 6, 3), **_unused
 ) -> tuple[int, int]:
-    size = _costs.conv_out(224, 7, 2, (3, 3))  # 112
-    layers = [_costs.conv(size * size, 3, 64, 49, bias=False), _costs.norm(64)]
-    size = _costs.conv_out(size, 3, 2, (1, 1))  # 56
+    size = costs.conv_out(224, 7, 2, (3, 3))  # 112
+    layers = [costs.conv(size * size, 3, 64, 49, bias=False), costs.norm(64)]
+    size = costs.conv_out(size, 3, 2, (1, 1))  # 56
     c_in = 64
     for s, n_blocks in enumerate(stage_sizes):
         width = 64 * 2**s
         for b in range(n_blocks):
             stride = 2 if (s > 0 and b == 0) else 1
             in_pos = size * size
-            size = _costs.conv_out(size, 3, stride, (1, 1))
+            size = costs.conv_out(size, 3, stride, (1, 1))
             pos = size * size
-            layers += [_costs.conv(in_pos, c_in, width, 1, bias=False), _costs.norm(width)]
-            layers += [_costs.conv(pos, width, width, 9, bias=False), _costs.norm(width)]
-            layers += [_costs.conv(pos, width, 4 * width, 1, bias=False), _costs.norm(4 * width)]
+            layers += [costs.conv(in_pos, c_in, width, 1, bias=False), costs.norm(width)]
+            layers += [costs.conv(pos, width, width, 9, bias=False), costs.norm(width)]
+            layers += [costs.conv(pos, width, 4 * width, 1, bias=False), costs.norm(4 * width)]
             if c_in != 4 * width or stride != 1:
-                layers += [_costs.conv(pos, c_in, 4 * width, 1, bias=False), _costs.norm(4 * width)]
+                layers += [costs.conv(pos, c_in, 4 * width, 1, bias=False), costs.norm(4 * width)]
             c_in = 4 * width
-    return _costs.total(*layers, _costs.dense(c_in, num_classes))
+    return costs.total(*layers, costs.dense(c_in, num_classes))
 
 
 # ----------------------------------------------------------------------------- registry

@@ -40,7 +40,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxcomp.models import _costs
+from jaxcomp.models import costs
 from jaxcomp.models.registry import register_model
 
 __all__ = ["GRU", "MNIST1DGRU", "gru_costs", "mnist1d_gru"]
@@ -153,7 +153,7 @@ def gru_costs(
     dirs = 2 if bidirectional else 1
     recurrent = 3 * hidden * (1 + hidden)
     params = dirs * (recurrent + 6 * hidden)
-    fc_p, fc_m = _costs.dense(length * dirs * hidden, num_classes)
+    fc_p, fc_m = costs.dense(length * dirs * hidden, num_classes)
     return params + fc_p, dirs * length * recurrent + fc_m
 
 

@@ -30,7 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxcomp.models import _costs
+from jaxcomp.models import costs
 from jaxcomp.models.registry import register_model
 
 __all__ = ["EncoderBlock", "SelfAttention", "TinyTransformer", "tiny_transformer"]
@@ -155,24 +155,24 @@ def _transformer_costs(
     t, d = seq_len, d_model
 
     def per_token(n_in: int, n_out: int) -> tuple[int, int]:  # a dense layer applied at T positions
-        params, macs = _costs.dense(n_in, n_out)
+        params, macs = costs.dense(n_in, n_out)
         return params, t * macs
 
     embed = (vocab_size * d + t * d, 0)
-    block = _costs.total(
-        _costs.norm(d),
+    block = costs.total(
+        costs.norm(d),
         per_token(d, d),  # query
         per_token(d, d),  # key
         per_token(d, d),  # value
         (0, t * t * d),  # scores: heads * T * T * (d / heads)
         (0, t * t * d),  # weights @ values
         per_token(d, d),  # out
-        _costs.norm(d),
+        costs.norm(d),
         per_token(d, mlp_dim),
         per_token(mlp_dim, d),
     )
     blocks = (num_layers * block[0], num_layers * block[1])
-    return _costs.total(embed, blocks, _costs.norm(d), _costs.dense(d, num_classes))
+    return costs.total(embed, blocks, costs.norm(d), costs.dense(d, num_classes))
 
 
 @register_model(

@@ -66,7 +66,7 @@ class Entry(NamedTuple):
     value: Any
 
 
-def _is_mapping(x: Any) -> bool:
+def is_mapping(x: Any) -> bool:
     """Mappings, and mapping-like configs (``ml_collections.ConfigDict``) that are no Mapping."""
     if isinstance(x, Mapping):
         return True
@@ -116,7 +116,7 @@ class LeafRule:
         self.fn: Callable[[str, Any], Any] | None = None
         self.scalar: Any = _SCALAR
         self.entries: tuple[Entry, ...] = ()
-        if _is_mapping(rule):
+        if is_mapping(rule):
             self.entries = tuple(self._entry(k, v) for k, v in rule.items())
         elif isinstance(rule, (list, tuple)):
             entries = []

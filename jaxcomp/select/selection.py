@@ -30,7 +30,7 @@ import numpy as np
 from jaxcomp.core.base import MaskedNode
 from jaxcomp.core.errors import list_paths
 from jaxcomp.select.paths import is_leaf, path_str
-from jaxcomp.select.selectors import Where, _describe, resolve
+from jaxcomp.select.selectors import Where, describe_where, resolve
 
 __all__ = ["Selected", "flatten"]
 
@@ -252,7 +252,7 @@ def _empty_message(what: str, where: Where, default: Where, noun: str, paths: li
         if isinstance(default, (bool, np.bool_)):
             d = "every leaf" if default else "no leaf"
         else:
-            d = repr(default) if isinstance(default, str) else _describe(default)[len("where="):]
+            d = repr(default) if isinstance(default, str) else describe_where(default)[len("where="):]
         head = f"where=None (the default, {d}) selects no {noun}"
     elif isinstance(where, str):
         close = where if paths else None  # (list_paths cannot order an empty list)
@@ -261,7 +261,7 @@ def _empty_message(what: str, where: Where, default: Where, noun: str, paths: li
     elif isinstance(where, (bool, np.bool_)) or not callable(where):
         head = f"where= selects no {noun} (every flag is False)"
     else:
-        head = f"{_describe(where)} selects no {noun}"
+        head = f"{describe_where(where)} selects no {noun}"
     fix = hint or f"Select at least one {noun}, e.g. where=r'.*/kernel'."
     return (f"{what}: {head}. Available paths{' (closest first)' if close else ''}:\n"
             f"{list_paths(paths, close_to=close)}\n{fix}")

@@ -214,7 +214,7 @@ def _as_selector(x: Any) -> Selector:
     )
 
 
-def _describe(where: Any) -> str:
+def describe_where(where: Any) -> str:
     if isinstance(where, str):
         return f"where={where!r}"
     if isinstance(where, Selector):
@@ -311,13 +311,13 @@ def resolve(where: Where, params: Any, *, allow_empty: bool = False, default: bo
         try:
             flags.append(bool(sel(p, leaf)))
         except Exception as e:
-            _note_failure(e, _describe(where), p)
+            _note_failure(e, describe_where(where), p)
             raise
     if not allow_empty and flat and not any(flags):
         avail = [path_str(kp) for kp, _ in flat]
         hint = where if isinstance(where, str) else None
         raise ValueError(
-            f"{_describe(where)} matches no parameter. Paths are '/'-joined keys and the regex "
+            f"{describe_where(where)} matches no parameter. Paths are '/'-joined keys and the regex "
             "must match the whole path (e.g. r'.*/kernel'). Available paths"
             f"{' (closest first)' if hint else ''}:\n{list_paths(avail, close_to=hint)}\n"
             "Pass allow_empty=True if selecting nothing is intended."

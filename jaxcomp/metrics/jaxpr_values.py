@@ -18,7 +18,7 @@ import jax
 import jax.extend.core as jex
 import numpy as np
 
-_EMPTY: frozenset = frozenset()
+EMPTY: frozenset = frozenset()
 
 
 # Primitives whose output has exactly the non-zero fraction of their one input.
@@ -31,7 +31,7 @@ class _Unknown(Exception):
     """A parameter-only value that cannot be evaluated concretely."""
 
 
-class _Evaluator:
+class Evaluator:
     """Lazily evaluates parameter-only values once each (memoised)."""
 
     def __init__(self, flat_values: list[Any] | None):
@@ -46,8 +46,8 @@ class _Evaluator:
         if key in self._density:
             return self._density[key]
         src = thunk
-        while isinstance(src, (_EqnThunk, _StackedThunk)):
-            if isinstance(src, _StackedThunk):
+        while isinstance(src, (EqnThunk, StackedThunk)):
+            if isinstance(src, StackedThunk):
                 src = src.inner
                 continue
             if src.node.eqn.primitive.name in _DENSITY_PRESERVING and len(src.node.ins) == 1:
@@ -75,11 +75,11 @@ class _Evaluator:
 class _Thunk:
     __slots__ = ()
 
-    def value(self, ev: _Evaluator) -> tuple[Any, bool]:  # pragma: no cover - abstract
+    def value(self, ev: Evaluator) -> tuple[Any, bool]:  # pragma: no cover - abstract
         raise NotImplementedError
 
 
-class _ConstThunk(_Thunk):
+class ConstThunk(_Thunk):
     __slots__ = ("val",)
 
     def __init__(self, val):
@@ -89,7 +89,7 @@ class _ConstThunk(_Thunk):
         return self.val, False
 
 
-class _ArgThunk(_Thunk):
+class ArgThunk(_Thunk):
     __slots__ = ("index",)
 
     def __init__(self, index: int):
@@ -101,7 +101,7 @@ class _ArgThunk(_Thunk):
         return ev.values[self.index], False
 
 
-class _StackedThunk(_Thunk):
+class StackedThunk(_Thunk):
     """The per-iteration slice of a scanned value: evaluates to the whole stack."""
 
     __slots__ = ("inner",)
@@ -116,13 +116,13 @@ class _StackedThunk(_Thunk):
         return v, True
 
 
-class _EqnNode:
+class EqnNode:
     __slots__ = ("eqn", "ins", "result")
 
     def __init__(self, eqn, ins):
         self.eqn, self.ins, self.result = eqn, ins, None
 
-    def outputs(self, ev: _Evaluator) -> tuple[list[Any], bool]:
+    def outputs(self, ev: Evaluator) -> tuple[list[Any], bool]:
         if self.result is None:
             vals = [t.value(ev) for t in self.ins]
             prim = self.eqn.primitive
@@ -145,10 +145,10 @@ class _EqnNode:
         return self.result
 
 
-class _EqnThunk(_Thunk):
+class EqnThunk(_Thunk):
     __slots__ = ("index", "node")
 
-    def __init__(self, node: _EqnNode, index: int):
+    def __init__(self, node: EqnNode, index: int):
         self.node, self.index = node, index
 
     def value(self, ev):
@@ -156,33 +156,33 @@ class _EqnThunk(_Thunk):
         return outs[self.index], stacked
 
 
-class _Info:
+class Info:
     """What the walk knows about one jaxpr variable."""
 
     __slots__ = ("param", "sources", "thunk")
 
-    def __init__(self, param: bool, sources: frozenset = _EMPTY, thunk: _Thunk | None = None):
+    def __init__(self, param: bool, sources: frozenset = EMPTY, thunk: _Thunk | None = None):
         self.param, self.sources, self.thunk = param, sources, thunk
 
 
-_DATA = _Info(False)
+DATA = Info(False)
 
 
-def _literal_info(v) -> _Info:
-    return _Info(True, _EMPTY, _ConstThunk(v.val))
+def literal_info(v) -> Info:
+    return Info(True, EMPTY, ConstThunk(v.val))
 
 
-def _meet(a: _Info, b: _Info) -> _Info:
+def meet(a: Info, b: Info) -> Info:
     if a.param and b.param:
-        return _Info(True, a.sources | b.sources, None)
-    return _Info(False)
+        return Info(True, a.sources | b.sources, None)
+    return Info(False)
 
 
-def _const_value(info: _Info) -> Any:
+def _const_value(info: Info) -> Any:
     """The value of a constant (no parameter or data dependence), else raises _Unknown."""
     if not info.param or info.sources or info.thunk is None:
         raise _Unknown("not a constant")
-    v, stacked = info.thunk.value(_Evaluator(None))
+    v, stacked = info.thunk.value(Evaluator(None))
     if stacked:
         raise _Unknown("stacked")
     return v
@@ -198,7 +198,7 @@ def _scalar(v) -> float:
 _FLIP = {"lt": "gt", "le": "ge", "gt": "lt", "ge": "le"}
 
 
-def _static_trip_count(params, cconsts: list[_Info], init: list[_Info]) -> int | None:
+def static_trip_count(params, cconsts: list[Info], init: list[Info]) -> int | None:
     """Trip count of a counted while loop, or None when it is not static."""
     try:
         cj, bj = params["cond_jaxpr"], params["body_jaxpr"]
