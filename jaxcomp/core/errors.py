@@ -19,9 +19,17 @@ def list_paths(paths: Sequence[str], close_to: str | None = None, limit: int = _
 
     Returns:
       A multi-line string, one indented path per line.
+
+    Example:
+      >>> print(list_paths(["enc/kernel", "dec/kernel", "dec/bias"], close_to="dec/kernal"))
+          dec/kernel
+          enc/kernel
+          dec/bias
+      >>> print(list_paths([], close_to="w"))
+          (the tree has no leaves)
     """
     paths = list(paths)
-    if close_to is not None:
+    if close_to is not None and paths:
         close = difflib.get_close_matches(close_to, paths, n=len(paths), cutoff=0.0)
         ordered = close + [p for p in paths if p not in close]
     else:
