@@ -6,12 +6,17 @@ Commands:
   MACs (1 MAC = 2 FLOPs), XLA FLOPs, compiled memory and a per-layer table of
   a registered reference model.
 * ``jaxcomp models``: the registered model names with their sizes.
-* ``jaxcomp run CONFIG --workdir DIR [--config.field=value ...]``: runs a
-  study config (see :mod:`jaxcomp.experiment`), writing ``results.json``,
-  ``metrics.jsonl``, plots and checkpoints under ``DIR``. A reproduced
-  study's config (one with ``entry``) is refused with the ``python
-  research/<study>/main.py ...`` command that runs it.
+* ``jaxcomp run CONFIG --workdir DIR [--resume | --overwrite]
+  [--config.field=value ...]``: runs a study config (see
+  :mod:`jaxcomp.experiment`), writing ``results.json``, ``metrics.jsonl``,
+  plots and checkpoints under ``DIR``. A ``DIR`` holding a previous run is
+  refused unless ``--resume`` (continue it) or ``--overwrite`` (replace it).
+  A reproduced study's config (one with ``entry``) is refused with the
+  ``python research/<study>/main.py ...`` command that runs it.
+  Needs the ``research`` extra (``pip install "jaxcomp[research]"``).
 * ``jaxcomp compare DIR [DIR ...]``: a side-by-side table of results.
+
+Tables fit an 80-column terminal.
 
 Example:
   >>> main(["summary", "lenet300", "--json", "--no-xla"])  # doctest: +ELLIPSIS
@@ -28,7 +33,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["build_parser", "main", "summary"]
+__all__ = ["build_parser", "compare_table", "layer_table", "main", "summary"]
 
 # A freshly initialised model is dense, so unknown densities are not news.
 _ABSTRACT_WARNING = "parameter arguments are abstract"
@@ -94,13 +99,44 @@ def summary(name: str, *, batch: int = 1, xla: bool = True) -> dict[str, Any]:
     }
 
 
-def _print_summary(result: dict[str, Any]) -> None:
+def _shape(shape: Any) -> str:
+    return "×".join(str(d) for d in shape) if shape else "-"
+
+
+def layer_table(result: dict[str, Any]) -> Any:
+    """The per-layer table of :func:`summary` as a compact ``rich`` table (80 columns).
+
+    One row per layer: name, op, weight shape, output shape per example,
+    MACs of the batch and share of the total. Long layer names wrap, they
+    are never cut.
+    """
+    from rich import box
+    from rich.table import Table
+
+    from jaxcomp.metrics import format_count
+
+    analysis = result["_analysis"]
+    total = max(int(analysis.macs), 1)
+    table = Table(title=f"layers (MACs for batch {result['batch']}; 1 MAC = 2 FLOPs)",
+                  box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True)
+    table.add_column("layer", overflow="fold", ratio=1)
+    for name in ("op", "weight", "output/ex."):
+        table.add_column(name, no_wrap=True)
+    for name in ("MACs", "share"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for layer in analysis.layers:
+        table.add_row(layer.name, layer.op, _shape(layer.weight_shape),
+                      _shape(tuple(layer.output_shape)[1:]), format_count(layer.macs),
+                      f"{100 * layer.macs / total:.1f}%")
+    return table
+
+
+def _print_summary(result: dict[str, Any], console: Any = None) -> None:
     from rich.console import Console
 
     from jaxcomp.metrics import format_bytes, format_count
 
-    # Tables need room: a pipe or a CI log gets a wide virtual terminal.
-    console = Console() if sys.stdout.isatty() else Console(width=150)
+    console = console if console is not None else Console()
     analysis = result["_analysis"]
     console.print(f"[bold]{result['model']}[/bold]: {result['description']}")
     if result["reference"]:
@@ -108,9 +144,9 @@ def _print_summary(result: dict[str, Any]) -> None:
     by_kind = ", ".join(f"{k} {v:,}" for k, v in result["params_by_kind"].items())
     console.print(f"params: {result['params']:,} ({by_kind})")
     console.print(
-        f"MACs: {result['macs']:,} for batch {result['batch']} "
-        f"({format_count(result['macs_per_example'])} per example) = "
-        f"{format_count(result['flops'])} FLOPs  [1 MAC = 2 FLOPs]"
+        f"MACs: {result['macs']:,} (batch {result['batch']}, "
+        f"{format_count(result['macs_per_example'])} per example) = "
+        f"{format_count(result['flops'])} FLOPs"
     )
     if result["xla_flops"] is not None:
         console.print(f"XLA FLOPs: {format_count(result['xla_flops'])}")
@@ -121,7 +157,13 @@ def _print_summary(result: dict[str, Any]) -> None:
             f"{format_bytes(mem['output_bytes'])}, temporaries {format_bytes(mem['temp_bytes'])}, "
             f"peak ≈ {format_bytes(mem['peak_bytes'])}"
         )
-    console.print(analysis.table())
+    console.print(
+        f"total: {format_count(analysis.macs)} MACs; effective {format_count(analysis.effective_macs)} "
+        f"MACs; {format_count(analysis.bops)} BOPs"
+    )
+    for warning in result["warnings"]:
+        console.print(f"warning: {warning}", highlight=False)
+    console.print(layer_table(result))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("config", help="path of a config file defining get_config()")
     r.add_argument("--workdir", required=True, help="output directory")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    again = r.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue the run in --workdir from its latest checkpoints")
+    again.add_argument("--overwrite", action="store_true",
+                       help="replace the run in --workdir (its outputs are deleted first)")
     c = sub.add_parser("compare", help="side-by-side table of results.json files")
     c.add_argument("workdirs", nargs="+", help="directories written by `jaxcomp run`")
     return parser
@@ -168,6 +215,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         print(f"jaxcomp: error: {e}", file=sys.stderr)
         return 2
+    except ImportError as e:
+        from jaxcomp.config.extras import INSTALL_HINT, RESEARCH_PACKAGES, missing_extra
+
+        package = missing_extra(e)
+        if package is None:
+            raise
+        print(f"jaxcomp: error: `jaxcomp {args.command}` needs the optional package "
+              f"'{RESEARCH_PACKAGES[package]}' (import {package}), part of the research extra: "
+              f"{INSTALL_HINT}", file=sys.stderr)
+        return 2
     if args.json:
         result.pop("_analysis")
         print(json.dumps(result))
@@ -177,8 +234,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, overrides: list[str]) -> int:
+    from jaxcomp.config.extras import require_extra
+
+    # Fail before training, not at the plot after it.
+    for module in ("ml_collections", "matplotlib"):
+        require_extra(module, "jaxcomp run")
     from jaxcomp.config import load_config
-    from jaxcomp.experiment import run_experiment
+    from jaxcomp.experiment import run_experiment, summary_rows
 
     bad = [o for o in overrides if not o.startswith("--config.")]
     if bad:
@@ -193,29 +255,49 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> int:
             + entry_command(config, config_file=args.config, workdir=args.workdir,
                             overrides=overrides)
         )
-    results = run_experiment(config, args.workdir, progress=not args.no_progress)
+    results = run_experiment(config, args.workdir, progress=not args.no_progress,
+                             resume=args.resume, overwrite=args.overwrite)
     print(f"wrote {args.workdir}/results.json")
-    summary = results.get("summary") or {}
-    for metric, s in summary.items():
-        if isinstance(s, dict) and "mean" in s:
-            print(f"  {metric}: {s['mean']:.4g} ± {s.get('std', 0.0):.2g} (n={s.get('n', 1)})")
+    for metric, text in summary_rows(results.get("summary")):
+        print(f"  {metric}: {text}")
     return 0
 
 
-def _compare(workdirs: list[str]) -> int:
-    from rich.console import Console
+def _labels(workdirs: Sequence[str]) -> list[str]:
+    """Short column labels: the directory names, or more of the path where they clash."""
+    import pathlib
+
+    parts = [pathlib.Path(d).resolve().parts for d in workdirs]
+    for k in range(1, max(len(p) for p in parts) + 1):
+        labels = ["/".join(p[-k:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(d) for d in workdirs]  # the same directory given twice
+
+
+def compare_table(workdirs: Sequence[str]) -> Any:
+    """The ``jaxcomp compare`` table: one row per summary metric, one column per run."""
+    from rich import box
     from rich.table import Table
 
     from jaxcomp.experiment import compare
 
     rows = compare(workdirs)
-    table = Table(title="jaxcomp compare (mean ± std over seeds)")
-    table.add_column("metric")
-    for d in workdirs:
-        table.add_column(str(d), justify="right")
+    labels = _labels(workdirs)
+    table = Table(title="jaxcomp compare (mean ± std over seeds)", box=box.SIMPLE_HEAD,
+                  pad_edge=False, show_edge=False)
+    table.add_column("metric", overflow="fold")
+    for label in labels:
+        table.add_column(label, justify="right", overflow="fold")
     for row in rows:
         table.add_row(row["metric"], *[row[str(d)] for d in workdirs])
-    (Console() if sys.stdout.isatty() else Console(width=160)).print(table)
+    return table
+
+
+def _compare(workdirs: list[str], console: Any = None) -> int:
+    from rich.console import Console
+
+    (console if console is not None else Console()).print(compare_table(workdirs))
     return 0
 
 

@@ -30,6 +30,7 @@ import contextlib
 import json
 import math
 import pathlib
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -38,19 +39,24 @@ import jax
 import numpy as np
 
 from jaxcomp.config.builders import build_compressor, build_optimizer
+from jaxcomp.config.extras import require_extra
 from jaxcomp.config.loading import get_field, require
 from jaxcomp.config.registry import ConfigError, _suggest
+from jaxcomp.config.validation import check_config
+from jaxcomp.train.progress import is_main_process
 
 __all__ = [
     "build_model",
     "compare",
     "figure",
+    "format_value",
     "load_data",
     "mean_std",
     "measure_model",
     "plot_history",
     "run_experiment",
     "summarize_runs",
+    "summary_rows",
     "train_supervised",
     "write_results",
 ]
@@ -151,6 +157,8 @@ def train_supervised(
     workdir: str | pathlib.Path | None = None,
     progress: bool = True,
     field: str = "config.train",
+    resume: bool = False,
+    overwrite: bool = False,
 ) -> tuple[Any, list[dict], dict[str, float]]:
     """Trains ``model`` on ``dataset`` as ``train_cfg`` says; returns (state, history, test metrics).
 
@@ -167,6 +175,12 @@ def train_supervised(
     and ``y`` (e.g. ``{"teacher_logits": precompute_logits(...)}`` for a
     ``distillation_loss(..., precomputed=True)``). ``field`` is the dotted
     path of ``train_cfg`` named in configuration errors.
+
+    With a ``workdir`` the run always ends with a checkpoint (every
+    ``checkpoint_every`` steps too), so ``resume=True`` continues an
+    interrupted run bit-identically and returns a finished one without
+    training; ``overwrite=True`` replaces a previous run there (see
+    :func:`jaxcomp.train.fit`).
     """
     import optax
 
@@ -215,13 +229,17 @@ def train_supervised(
         raise ConfigError(f"{field}: give exactly one of steps and epochs")
     train_batches = jdata.batches(dataset.x_train, dataset.y_train, batch_size, key=k_data,
                                   epochs=None if steps else epochs, extras=extras)
+    checkpoint_every = cfg.get("checkpoint_every")
+    if workdir is not None and checkpoint_every is None:  # a final checkpoint, for --resume
+        checkpoint_every = steps or max(1, epochs * train_batches.steps_per_epoch)
     eval_batches = list(jdata.batches(dataset.x_test, dataset.y_test, eval_batch_size,
                                       shuffle=False, pad_last=True, epochs=1))
     state, history = train.fit(
         state, step, train_batches, eval_fn=eval_step, eval_batches=eval_batches,
         steps=steps, epochs=epochs, eval_every=cfg.get("eval_every"),
         log_every=cfg.get("log_every"), early_stopping=_early_stopping(cfg.get("early_stopping"), field),
-        workdir=workdir, checkpoint_every=cfg.get("checkpoint_every"), progress=progress,
+        workdir=workdir, checkpoint_every=checkpoint_every, progress=progress, resume=resume,
+        overwrite=overwrite,
     )
     test = train.evaluate(jax.jit(eval_step), state, eval_batches)
     return state, history, test
@@ -275,8 +293,14 @@ def _json_default(x: Any) -> Any:
 
 
 def write_results(workdir: str | pathlib.Path, results: Mapping[str, Any]) -> pathlib.Path:
-    """Writes ``workdir/results.json`` (strict JSON: non-finite numbers become null)."""
+    """Writes ``workdir/results.json`` (strict JSON: non-finite numbers become null).
+
+    Only process 0 writes (the path is returned on every process).
+    """
     workdir = pathlib.Path(workdir)
+    path = workdir / "results.json"
+    if not is_main_process():
+        return path
     workdir.mkdir(parents=True, exist_ok=True)
 
     def clean(x):
@@ -288,7 +312,6 @@ def write_results(workdir: str | pathlib.Path, results: Mapping[str, Any]) -> pa
             return [clean(v) for v in x]
         return x
 
-    path = workdir / "results.json"
     path.write_text(json.dumps(clean(results), indent=2, default=_json_default, allow_nan=False))
     return path
 
@@ -300,10 +323,13 @@ def figure(path: str | pathlib.Path, *, xlabel: str = "", ylabel: str = "", titl
 
     Labels, grid, legend (when something is labelled) and a tight layout are
     applied after the caller has drawn; the figure is closed afterwards.
-    Uses the non-interactive Agg backend.
-    """
-    import matplotlib
+    Uses the non-interactive Agg backend. Only process 0 saves the file.
 
+    Raises:
+      MissingExtraError: matplotlib is not installed (``pip install
+        "jaxcomp[research]"``).
+    """
+    matplotlib = require_extra("matplotlib", "plotting")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -319,7 +345,8 @@ def figure(path: str | pathlib.Path, *, xlabel: str = "", ylabel: str = "", titl
         if legend and ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(pathlib.Path(path), dpi=120)
+        if is_main_process():
+            fig.savefig(pathlib.Path(path), dpi=120)
     finally:
         plt.close(fig)
 
@@ -337,7 +364,8 @@ def plot_history(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: str
     return pathlib.Path(path)
 
 
-def _run_generic(config: Any, workdir: pathlib.Path, progress: bool) -> dict[str, Any]:
+def _run_generic(config: Any, workdir: pathlib.Path, progress: bool, resume: bool = False,
+                 overwrite: bool = False) -> dict[str, Any]:
     seeds = require(config, "seeds", (list, tuple), check=lambda s: len(s) > 0,
                     hint="give at least one seed")
     dataset = load_data(get_field(config, "data"))
@@ -351,7 +379,7 @@ def _run_generic(config: Any, workdir: pathlib.Path, progress: bool) -> dict[str
         state, history, test = train_supervised(
             model, dataset, get_field(config, "train"), key=jax.random.key(int(seed)),
             batch_size=batch_size, compressor=compressor, workdir=workdir / f"seed_{seed}",
-            progress=progress,
+            progress=progress, resume=resume, overwrite=overwrite,
         )
         runs.append({"seed": int(seed), "test": test, "seconds": time.time() - t0,
                      **measure_model(model, state, compressor)})
@@ -363,35 +391,144 @@ def _run_generic(config: Any, workdir: pathlib.Path, progress: bool) -> dict[str
             "runs": runs, "summary": summarize_runs(runs, keys)}
 
 
-def run_experiment(config: Any, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
+_GENERIC_OUTPUTS = ("results.json", "accuracy.png", "config.json")
+
+
+def _comparable(config: Any) -> Any:
+    plain = json.loads(json.dumps(_plain(config), default=_json_default))
+    plain.pop("config_path", None)
+    return plain
+
+
+def _prepare_generic_workdir(config: Any, workdir: pathlib.Path, resume: bool,
+                             overwrite: bool) -> None:
+    """Refuses a workdir that is not empty unless resuming or overwriting; records the config."""
+    found = sorted(p.name for p in workdir.iterdir()) if workdir.is_dir() else []
+    if found and not (resume or overwrite):
+        shown = ", ".join(found[:6]) + (", ..." if len(found) > 6 else "")
+        raise ValueError(
+            f"workdir {workdir} is not empty ({shown}); pass resume=True (jaxcomp run --resume) "
+            "to continue the run there, or overwrite=True (--overwrite) to replace it, or pick "
+            "another --workdir"
+        )
+    saved = workdir / "config.json"
+    if resume and saved.is_file():
+        before = json.loads(saved.read_text())
+        now = _comparable(config)
+        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+        if changed:
+            raise ValueError(
+                f"resume: the config differs from the run in {workdir} in "
+                f"{', '.join('config.' + k for k in changed)}; resume with the same config "
+                "(and overrides), or start a new run with --overwrite or another --workdir"
+            )
+    if not is_main_process():
+        return
+    if overwrite:
+        for p in workdir.glob("seed_*"):
+            if p.is_dir():
+                shutil.rmtree(p)
+        for name in _GENERIC_OUTPUTS:
+            (workdir / name).unlink(missing_ok=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(_comparable(config), indent=2))
+
+
+def run_experiment(config: Any, workdir: str | pathlib.Path, *, progress: bool = True,
+                   resume: bool = False, overwrite: bool = False) -> dict:
     """Runs a study config and writes ``workdir/results.json``; returns the results.
 
-    A config with ``config.entry`` is refused with the ``python
-    research/<study>/main.py`` command that runs it.
+    A generic config refuses a non-empty ``workdir`` unless ``resume``
+    (continue: finished seeds are read back from their final checkpoints,
+    an interrupted one continues from its latest checkpoint bit-identically;
+    the config must be the one recorded in ``workdir/config.json``) or
+    ``overwrite`` (delete the previous run's outputs first). A config with
+    ``config.entry`` is refused with the ``python research/<study>/main.py``
+    command that runs it. Only process 0 writes files other than checkpoints.
 
     Raises:
       ConfigError: naming the first missing, unknown or invalid config field, or
         ``config.entry`` (with the command that runs the study).
+      ValueError: a non-empty workdir without ``resume``/``overwrite``, a
+        resume with a different config, or both flags.
     """
+    if resume and overwrite:
+        raise ValueError("run_experiment: pass resume=True or overwrite=True, not both")
+    check_config(config)
     workdir = pathlib.Path(workdir)
     if get_field(config, "entry", None):
         from jaxcomp.studies import entry_command
 
+        command = entry_command(config, workdir=workdir)
+        if resume:
+            raise ValueError(f"--resume: a study with config.entry cannot resume; run {command}")
         raise ConfigError(
             "config.entry: this config belongs to a reproduced study, which runs from its own "
-            f"script: {entry_command(config, workdir=workdir)}"
+            f"script: {command}"
         )
-    workdir.mkdir(parents=True, exist_ok=True)
-    results = _run_generic(config, workdir, progress)
+    _prepare_generic_workdir(config, workdir, resume, overwrite)
+    results = _run_generic(config, workdir, progress, resume, overwrite)
     results = {"config": _plain(config), **results}
     write_results(workdir, results)
     return results
 
 
+def format_value(value: Any) -> str:
+    """One summary entry as text: ``mean ± std`` for a :func:`mean_std` dict, numbers compactly.
+
+    Example:
+      >>> format_value({"mean": 0.91234, "std": 0.0123, "n": 3})
+      '0.9123 ± 0.012'
+      >>> format_value(266610), format_value(0.5), format_value([0.04, -0.07])
+      ('266,610', '0.5', '0.04, -0.07')
+    """
+    if isinstance(value, Mapping) and "mean" in value:
+        return f"{format_value(value['mean'])} ± {float(value.get('std') or 0.0):.2g}"
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return str(value)
+    if isinstance(value, (int, np.integer)):
+        return f"{int(value):,}"
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        if not math.isfinite(v):
+            return str(v)
+        return f"{v:,.0f}" if abs(v) >= 1e4 and v.is_integer() else f"{v:.4g}"
+    if isinstance(value, (list, tuple)):
+        shown = ", ".join(format_value(v) for v in value[:6])
+        return shown + (f", ... ({len(value)} values)" if len(value) > 6 else "")
+    return str(value)
+
+
+def summary_rows(summary: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    """Flattens a results ``summary`` into ``(dotted metric, text)`` rows.
+
+    Nested groups (``{"kd": {"accuracy": {"mean": ...}}}``) become dotted
+    names (``kd.accuracy``); each value is formatted by :func:`format_value`.
+
+    Example:
+      >>> summary_rows({"test.accuracy": {"mean": 0.9, "std": 0.01, "n": 2},
+      ...               "narrow": {"kd": {"errors": {"mean": 12.0, "std": 1.5}}, "best": 4.0}})
+      [('test.accuracy', '0.9 ± 0.01'), ('narrow.kd.errors', '12 ± 1.5'), ('narrow.best', '4')]
+    """
+    rows: list[tuple[str, str]] = []
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, Mapping) and "mean" not in node:
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            rows.append((prefix, format_value(node)))
+
+    walk("", dict(summary or {}))
+    return rows
+
+
 def compare(workdirs: Sequence[str | pathlib.Path]) -> list[dict[str, Any]]:
     """Reads ``results.json`` of several runs; returns one row per summary metric.
 
-    Each row is ``{"metric": name, "<dir>": "mean ± std", ...}``.
+    Each row is ``{"metric": name, "<dir>": text, ...}`` with the texts of
+    :func:`summary_rows` (``mean ± std`` for per-seed statistics; nested
+    groups flattened to dotted metric names).
     """
     table: dict[str, dict[str, str]] = {}
     names = []
@@ -402,10 +539,6 @@ def compare(workdirs: Sequence[str | pathlib.Path]) -> list[dict[str, Any]]:
         res = json.loads(path.read_text())
         name = str(d)
         names.append(name)
-        for metric, s in (res.get("summary") or {}).items():
-            if isinstance(s, Mapping) and "mean" in s:
-                cell = f"{s['mean']:.4g} ± {s.get('std', 0.0):.2g}"
-            else:
-                cell = str(s)
+        for metric, cell in summary_rows(res.get("summary")):
             table.setdefault(metric, {})[name] = cell
     return [{"metric": m, **{n: row.get(n, "") for n in names}} for m, row in table.items()]

@@ -310,3 +310,48 @@ def test_crash_mid_save_keeps_last_good_checkpoint(tmp_path, mode, mb):
     train.save_checkpoint(tmp_path, {"w": jnp.full(4, 2.0)}, step=3)
     assert train.latest_step(tmp_path) == 3
     assert float(train.restore_checkpoint(tmp_path, {"w": jnp.zeros(4)})["w"][0]) == 2.0
+
+
+@pytest.mark.parametrize("tree", [{}, None, {"a": None, "b": [{}, ()]}, jc.MaskedNode()])
+def test_a_state_without_arrays_round_trips(tmp_path, tree):
+    train.save_checkpoint(tmp_path, tree, step=4, extra={"note": "empty"})
+    assert train.latest_step(tmp_path) == 4
+    assert train.restore_checkpoint(tmp_path, tree) == tree
+    assert train.read_arrays(tmp_path) == {}
+    assert train.checkpoint_extra(tmp_path) == {"note": "empty"}
+    with pytest.raises(ValueError, match="w: in the target but not in the checkpoint"):
+        train.restore_checkpoint(tmp_path, {"w": jnp.zeros(2)})
+
+
+def test_extra_data_and_reading_arrays_without_a_target(tmp_path):
+    state, step = setup()
+    state, _ = step(state, batch_at(0))
+    train.save_checkpoint(tmp_path, state, extra={"batches": 1, "history": [{"loss": 0.5}]})
+    train.save_checkpoint(tmp_path, state, step=9)
+    assert train.checkpoint_extra(tmp_path, step=1) == {"batches": 1, "history": [{"loss": 0.5}]}
+    assert train.checkpoint_extra(tmp_path) is None  # step 9 has none
+    flat = train.read_arrays(tmp_path, step=1)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        name = jc.select.path_str(path)
+        assert name in flat
+        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        np.testing.assert_array_equal(flat[name], np.asarray(leaf))
+    with pytest.raises(TypeError, match="JSON-serialisable"):
+        train.save_checkpoint(tmp_path, state, step=10, extra={"f": object()})
+    with pytest.raises(TypeError, match="mapping"):
+        train.save_checkpoint(tmp_path, state, step=10, extra=[1])
+    with pytest.raises(FileNotFoundError, match="available steps"):
+        train.read_arrays(tmp_path, step=3)
+    assert train.read_arrays(tmp_path).keys() == flat.keys()  # the latest, step 9
+
+
+def test_readers_accept_a_fit_workdir(tmp_path):
+    state, _ = setup()
+    train.save_checkpoint(tmp_path / "checkpoints", state, step=2)
+    assert train.all_steps(tmp_path) == [2] and train.latest_step(tmp_path) == 2
+    assert int(train.restore_checkpoint(tmp_path, state).step) == int(state.step)
+    assert sorted(train.read_arrays(tmp_path)) == sorted(train.read_arrays(tmp_path / "checkpoints"))
+    # steps directly in the directory take precedence
+    train.save_checkpoint(tmp_path, state, step=5)
+    assert train.all_steps(tmp_path) == [5]

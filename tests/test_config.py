@@ -185,3 +185,72 @@ def test_pruning_compressors_from_config():
         build_compressor({"method": "magnitude_pruning", "sparsity": 0.5, "scop": "global"})
     with pytest.raises(ConfigError, match=r"config.compression \(magnitude_pruning\)"):
         build_compressor({"method": "magnitude_pruning", "sparsity": 1.5})
+
+
+@pytest.mark.parametrize(
+    "lr,msg",
+    [
+        (-1e-3, r"learning_rate: must be a positive finite number, got -0.001"),
+        (0.0, r"learning_rate: must be a positive finite number, got 0.0"),
+        (float("nan"), r"learning_rate: must be a positive finite number, got nan"),
+        (float("inf"), r"learning_rate: must be a positive finite number, got inf"),
+        ({"name": "warmup_cosine_decay_schedule", "init_value": 0.0, "peak_value": -0.1,
+          "warmup_steps": 10, "decay_steps": 100},
+         r"learning_rate.peak_value: a learning-rate level must be a finite number >= 0"),
+        ({"name": "cosine_decay_schedule", "init_value": float("nan"), "decay_steps": 100},
+         r"learning_rate.init_value: a learning-rate level must be a finite number >= 0"),
+        ({"name": "linear_schedule", "init_value": 0.0, "end_value": 0.0,
+          "transition_steps": 10}, r"learning_rate: the schedule never rises above 0"),
+    ],
+)
+def test_learning_rates_must_be_positive_and_finite(lr, msg):
+    from jaxcomp.config import build_optimizer
+
+    with pytest.raises(ConfigError, match=msg):
+        build_optimizer({"name": "sgd", "learning_rate": lr}, field="config.train.optimizer")
+
+
+def test_valid_learning_rate_schedules_are_accepted():
+    from jaxcomp.config import build_optimizer
+
+    # a warmup from 0 and a decay to 0 are fine
+    build_optimizer({"name": "adam", "learning_rate": {
+        "name": "warmup_cosine_decay_schedule", "init_value": 0.0, "peak_value": 1e-3,
+        "warmup_steps": 10, "decay_steps": 100, "end_value": 0.0}})
+    build_optimizer({"name": "sgd", "learning_rate": 1})  # an int is a number too
+
+
+def test_generic_configs_reject_unknown_top_level_fields():
+    from jaxcomp.config.validation import check_config
+
+    base = {"name": "x", "seeds": [0], "data": {}, "model": {}, "train": {}}
+    check_config(ml_collections.ConfigDict(base))
+    with pytest.raises(ConfigError, match=r"config.compresion: unknown field; did you mean "
+                                          r"'compression'\? Known: name, seeds"):
+        check_config(ml_collections.ConfigDict({**base, "compresion": [{"method": "x"}]}))
+    with pytest.raises(ConfigError, match=r"config.zzz: unknown field; Known:"):
+        check_config({**base, "zzz": 1})
+    # a study with an entry point has its own fields; the common ones are still checked
+    check_config({"entry": "research/x/main.py", "seeds": [0, 1], "teacher": {}, "alpha": 0.5})
+    for bad, msg in [({"seeds": "0"}, r"config.seeds: expected a non-empty list"),
+                     ({"seeds": []}, r"config.seeds: expected a non-empty list"),
+                     ({"seeds": [0, 1.5]}, r"config.seeds.1: expected an integer"),
+                     ({"seeds": [1, 1]}, r"config.seeds: repeated seeds"),
+                     ({"seeds": [0], "name": 3}, r"config.name: expected a string"),
+                     ({"seeds": [0], "entry": ""}, r"config.entry")]:
+        with pytest.raises(ConfigError, match=msg):
+            check_config({"entry": "research/x/main.py", **bad} if "entry" not in bad else bad)
+    with pytest.raises(ConfigError, match=r"config.seeds: missing"):
+        check_config({"data": {}})
+    check_config({"entry": "research/x/main.py"})  # seeds are optional for a study
+
+
+def test_missing_ml_collections_is_named(tmp_path, monkeypatch):
+    import sys
+
+    from jaxcomp.config.extras import MissingExtraError
+
+    path = _write(tmp_path, "def get_config():\n    return {}\n")
+    monkeypatch.setitem(sys.modules, "ml_collections", None)
+    with pytest.raises(MissingExtraError, match=r"'ml-collections' .*pip install \"jaxcomp\[research\]\""):
+        load_config(path)

@@ -52,7 +52,11 @@ def test_generic_run_writes_results(tmp_path):
          r"config.model.name: model 'lenet300' expects inputs of shape \(784,\)"),
         ({"model": {"name": "lenet30"}}, r"config.model: unknown model 'lenet30'"),
         ({"data": {"name": "mnist", "batch_size": 8}}, r"config.data.name: unknown dataset 'mnist'"),
-        ({"seeds": []}, r"config.seeds: invalid value"),
+        ({"seeds": []}, r"config.seeds: expected a non-empty list of integers"),
+        ({"compresion": [{"method": "magnitude_pruning", "sparsity": 0.9}]},
+         r"config.compresion: unknown field; did you mean 'compression'"),
+        ({"train": {"optimizer": {"name": "adam", "learning_rate": -1e-3}, "steps": 2}},
+         r"config.train.optimizer.learning_rate: must be a positive finite number"),
         ({"train": {"optimizer": {"name": "adam", "learning_rate": 1e-3}, "steps": 2,
                     "epochs": 1}}, r"config.train: give exactly one of steps and epochs"),
         ({"train": {"optimizer": {"name": "adm", "learning_rate": 1e-3}, "steps": 2}},
@@ -90,3 +94,46 @@ def test_cli_run_and_compare(tmp_path, capsys):
     assert "did you mean 'steps'" in capsys.readouterr().err
     assert cli.main(["run", str(cfg), "--workdir", str(out), "--bogus"]) == 2
     assert cli.main(["compare", str(tmp_path / "missing")]) == 2
+
+
+def _tiny(**over):
+    base = {"seeds": [0], "data": {"name": "synthetic", "n_train": 32, "n_test": 8,
+                                   "num_classes": 10, "input_shape": (40,), "batch_size": 16},
+            "model": {"name": "mnist1d_mlp", "overrides": {}},
+            "train": {"optimizer": {"name": "sgd", "learning_rate": 0.1}, "steps": 2}}
+    return _config(**{**base, **over})
+
+
+def test_a_used_workdir_needs_resume_or_overwrite(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"is not empty \(notes.txt\).*--resume.*--overwrite"):
+        run_experiment(_tiny(), tmp_path, progress=False)
+    run_experiment(_tiny(seeds=[0, 1]), tmp_path, progress=False, overwrite=True)
+    assert (tmp_path / "seed_1" / "checkpoints").is_dir()  # the final checkpoint, for --resume
+    first = json.loads((tmp_path / "results.json").read_text())
+    # resuming a finished run reads every seed back without training: the same results
+    again = run_experiment(_tiny(seeds=[0, 1]), tmp_path, progress=False, resume=True)
+    assert [r["test"] for r in again["runs"]] == [r["test"] for r in first["runs"]]
+    # overwriting starts afresh: outputs of seeds no longer in the config are gone
+    run_experiment(_tiny(), tmp_path, progress=False, overwrite=True)
+    assert not (tmp_path / "seed_1").exists() and (tmp_path / "notes.txt").exists()
+    with pytest.raises(ValueError, match="not both"):
+        run_experiment(_tiny(), tmp_path, progress=False, resume=True, overwrite=True)
+    with pytest.raises(ValueError, match="cannot resume"):
+        run_experiment(_tiny(entry="research/x/main.py"), tmp_path / "study", progress=False,
+                       resume=True)
+
+
+def test_only_process_zero_writes_results_plots_and_logs(tmp_path, monkeypatch):
+    import jax
+
+    from jaxcomp.train import loop
+
+    saved = []
+    monkeypatch.setattr(jax, "process_index", lambda *a, **k: 1)
+    # checkpoints are collective (orbax coordinates the processes): record the calls instead
+    monkeypatch.setattr(loop, "save_checkpoint", lambda d, s, **kw: saved.append(kw["step"]))
+    res = run_experiment(_tiny(), tmp_path / "out", progress=True)
+    assert res["runs"][0]["params"] == 15_210
+    assert saved == [2]  # every process takes part in saving the checkpoint
+    assert not (tmp_path / "out").exists()  # no results.json, plot, config or metrics.jsonl

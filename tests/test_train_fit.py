@@ -229,3 +229,121 @@ def test_fit_checkpoints_and_resumes_bit_identically(tmp_path):
     assert hist[-1]["step"] == 12
     for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(straight.params)):
         np.testing.assert_array_equal(a, b)
+
+
+# ------------------------------------------------------------------ compression-aware selection
+@pytest.mark.parametrize("where", ["step", "host"])
+def test_early_stopping_never_restores_a_state_before_the_sparsity_target(where):
+    import jaxcomp.prune as jp
+    from jaxcomp.core.base import target_reached
+
+    comp = jp.magnitude_pruning(jp.cubic_schedule(0.0, 0.9, 0, 30, update_every=5))
+    tx = optax.chain(optax.adam(0.05), train.keep_compressed(comp))
+    params = MODULE.init(jax.random.key(0), jnp.zeros((1, 6)))["params"]
+    state = train.TrainState.create(params, tx, key=jax.random.key(1), compressor=comp)
+    step = train.make_train_step(train.supervised_loss(apply_fn), tx, compressor=comp,
+                                 compressor_update=where)
+    # the eval accuracy only gets worse: the best check is the first one (step 5, still dense)
+    values = jnp.linspace(0.9, 0.1, 20)
+
+    def ev(state, batch):
+        return {"accuracy": values[state.step // 5 - 1], "num_examples": jnp.float32(1)}
+
+    es = train.EarlyStopping("eval/accuracy", mode="max", patience=2)
+    state, hist = train.fit(state, step, train_batches(), steps=100, eval_fn=ev,
+                            eval_batches=[{}], eval_every=5, early_stopping=es, progress=False)
+    evs = [r["step"] for r in hist if r["split"] == "eval"]
+    # the last mask update runs at step index 30 (state.step 31): checks from step 35 count,
+    # and patience starts there (35 best, 40 and 45 do not improve)
+    assert evs == list(range(5, 50, 5))
+    assert int(state.step) == 35
+    assert target_reached(comp, state.compressor_state)
+    view = comp.apply(state.params, state.compressor_state)
+    kernels = [view["Dense_0"]["kernel"], view["Dense_1"]["kernel"]]
+    zeros = sum(int(jnp.sum(k == 0)) for k in kernels) / sum(k.size for k in kernels)
+    assert zeros >= 0.88
+
+
+def test_early_stopping_without_a_reached_target_returns_the_final_state():
+    import jaxcomp.prune as jp
+
+    comp = jp.magnitude_pruning(jp.cubic_schedule(0.0, 0.9, 0, 1000, update_every=5))
+    tx = optax.chain(optax.adam(0.05), train.keep_compressed(comp))
+    params = MODULE.init(jax.random.key(0), jnp.zeros((1, 6)))["params"]
+    state = train.TrainState.create(params, tx, key=jax.random.key(1), compressor=comp)
+    step = train.make_train_step(train.supervised_loss(apply_fn), tx, compressor=comp)
+    ev = train.make_eval_step(train.supervised_loss(apply_fn, train=False), compressor=comp)
+    buf = io.StringIO()
+    es = train.EarlyStopping("eval/loss", patience=0)
+    state, _ = train.fit(state, step, train_batches(), steps=20, eval_fn=ev,
+                            eval_batches=eval_batches(), eval_every=5, early_stopping=es,
+                            console=Console(file=buf, width=120))
+    assert int(state.step) == 20  # patience 0 would have stopped at step 10 otherwise
+    assert "compression target was never reached" in buf.getvalue()
+
+
+# ------------------------------------------------------------------------ non-finite losses
+def poisoned(at):
+    fixed = list(train_batches(epochs=2))  # 16 batches
+    bad = dict(fixed[at])
+    bad["x"] = np.full_like(bad["x"], np.nan)
+    return fixed[:at] + [bad] + fixed[at + 1:], fixed[:at] + fixed[at + 1:]
+
+
+def test_nonfinite_loss_raises_naming_the_step_and_never_checkpoints_it(tmp_path):
+    state, step, _ = setup()
+    batches, _ = poisoned(6)  # the 7th update (state.step 7) sees NaN inputs
+    with pytest.raises(FloatingPointError, match=r"loss is nan at step 7 .*on_nonfinite='skip'"):
+        train.fit(state, step, batches, log_every=10, workdir=tmp_path, checkpoint_every=4,
+                  progress=False)
+    assert train.all_steps(tmp_path) == [4]  # the fetch before the step-8 checkpoint raised
+    with pytest.raises(ValueError, match="on_nonfinite must be one of"):
+        train.fit(state, step, batches, on_nonfinite="drop", progress=False)
+
+
+def test_nonfinite_skip_drops_the_update_and_ignore_trains_on():
+    state, step, _ = setup()
+    batches, clean = poisoned(6)
+    skipped, hist = train.fit(state, step, batches, log_every=1, on_nonfinite="skip",
+                              progress=False)
+    state, step, _ = setup()
+    reference, _ = train.fit(state, step, clean, progress=False)  # the model has no randomness
+    for a, b in zip(jax.tree.leaves(skipped.params), jax.tree.leaves(reference.params)):
+        np.testing.assert_array_equal(a, b)
+    assert int(skipped.step) == 16 and int(reference.step) == 15  # step counts batches seen
+    rec = {r["step"]: r["metrics"] for r in hist}
+    assert rec[7]["skipped"] == 1.0 and np.isnan(rec[7]["loss"])
+    assert rec[8]["skipped"] == 0.0 and np.isfinite(rec[8]["loss"])
+    state, step, _ = setup()
+    ignored, _ = train.fit(state, step, batches, on_nonfinite="ignore", progress=False)
+    assert np.isnan(np.asarray(ignored.params["Dense_0"]["kernel"])).all()
+
+
+# ----------------------------------------------------------------------------- workdirs
+def test_fit_refuses_a_used_workdir_unless_resume_or_overwrite(tmp_path):
+    state, step, _ = setup()
+    train.fit(state, step, train_batches(), steps=3, workdir=tmp_path, checkpoint_every=3,
+              progress=False)
+    assert train.latest_step(tmp_path) == 3  # the fit workdir, checkpoints in its subfolder
+    with pytest.raises(ValueError, match="already holds a run .*resume=True.*overwrite=True"):
+        train.fit(state, step, train_batches(), steps=2, workdir=tmp_path, progress=False)
+    train.fit(state, step, train_batches(), steps=2, log_every=1, workdir=tmp_path,
+              overwrite=True, progress=False)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2]  # the first run is gone
+    assert not (tmp_path / "checkpoints").exists()
+    with pytest.raises(ValueError, match="not both"):
+        train.fit(state, step, train_batches(), steps=2, workdir=tmp_path, resume=True,
+                  overwrite=True, progress=False)
+    with pytest.raises(ValueError, match="resume=True needs workdir"):
+        train.fit(state, step, train_batches(), steps=2, resume=True, progress=False)
+
+
+def test_only_process_zero_writes_logs_and_prints(tmp_path, monkeypatch):
+    monkeypatch.setattr(jax, "process_index", lambda *a, **k: 1)
+    state, step, ev = setup()
+    buf = io.StringIO()
+    train.fit(state, step, train_batches(), steps=4, eval_fn=ev, eval_batches=eval_batches(),
+              workdir=tmp_path / "run", console=Console(file=buf, force_terminal=True))
+    assert buf.getvalue() == ""
+    assert not (tmp_path / "run").exists()

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,6 +31,7 @@ __all__ = [
     "build_compressor",
     "build_optimizer",
     "build_schedule",
+    "check_learning_rate",
     "register_compressor",
 ]
 
@@ -61,14 +63,59 @@ def build_schedule(value: Any, *, field: str) -> Any:
     return value
 
 
+_RATE_KEYS = ("value", "init_value", "peak_value", "end_value")
+
+
+def _bad_number(v: Any) -> bool:
+    return isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+
+
+def check_learning_rate(value: Any, *, field: str) -> None:
+    """Rejects a learning rate that is not a positive finite number (or schedule of them).
+
+    A number must be finite and > 0. A schedule mapping's levels
+    (``value``, ``init_value``, ``peak_value``, ``end_value``, when given
+    as numbers) must be finite and >= 0, and its starting or peak level
+    > 0 (a warmup may start at 0, a decay may end at 0).
+
+    Raises:
+      ConfigError: naming ``field`` (and the schedule entry).
+
+    Example:
+      >>> check_learning_rate(1e-3, field="config.train.optimizer.learning_rate")
+      >>> check_learning_rate(-1e-3, field="config.train.optimizer.learning_rate")
+      Traceback (most recent call last):
+      ...
+      jaxcomp.config.registry.ConfigError: config.train.optimizer.learning_rate: must be a positive finite number, got -0.001
+    """
+    if hasattr(value, "to_dict"):
+        value = value.to_dict()
+    if isinstance(value, Mapping):
+        levels = {k: value[k] for k in _RATE_KEYS if k in value}
+        for k, v in levels.items():
+            if isinstance(v, (int, float)) and (_bad_number(v) or v < 0):
+                raise ConfigError(f"{field}.{k}: a learning-rate level must be a finite number "
+                                  f">= 0, got {v!r}")
+        tops = [v for k, v in levels.items() if k != "end_value" and isinstance(v, (int, float))]
+        if tops and max(tops) <= 0:
+            raise ConfigError(f"{field}: the schedule never rises above 0 ({levels}); give a "
+                              "positive init_value or peak_value")
+        return
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and (
+            not math.isfinite(value) or value <= 0):
+        raise ConfigError(f"{field}: must be a positive finite number, got {value!r}")
+
+
 def build_optimizer(spec: Any, *, field: str = "config.optimizer") -> optax.GradientTransformation:
     """Builds an optax optimizer from ``{"name": ..., "learning_rate": ..., ...}``.
 
-    ``learning_rate`` may be a number or a schedule mapping. An optional
-    ``clip_norm`` entry prepends ``optax.clip_by_global_norm``.
+    ``learning_rate`` may be a number or a schedule mapping (checked by
+    :func:`check_learning_rate`). An optional ``clip_norm`` entry prepends
+    ``optax.clip_by_global_norm``.
 
     Raises:
-      ConfigError: naming the field of an unknown optimizer/schedule or argument.
+      ConfigError: naming the field of an unknown optimizer/schedule or
+        argument, or of a learning rate that is not positive and finite.
     """
     if hasattr(spec, "to_dict"):
         spec = spec.to_dict()
@@ -78,6 +125,7 @@ def build_optimizer(spec: Any, *, field: str = "config.optimizer") -> optax.Grad
     spec = dict(spec)
     clip = spec.pop("clip_norm", None)
     if "learning_rate" in spec:
+        check_learning_rate(spec["learning_rate"], field=f"{field}.learning_rate")
         spec["learning_rate"] = build_schedule(spec["learning_rate"], field=f"{field}.learning_rate")
     tx = OPTIMIZERS.build(spec, field=field)
     if clip is not None:

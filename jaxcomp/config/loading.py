@@ -19,8 +19,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import ml_collections
-
+from jaxcomp.config.extras import require_extra
 from jaxcomp.config.registry import ConfigError, _suggest
 
 __all__ = ["apply_overrides", "get_field", "load_config", "require"]
@@ -28,7 +27,16 @@ __all__ = ["apply_overrides", "get_field", "load_config", "require"]
 _MISSING = object()
 
 
-def load_config(path: str | pathlib.Path, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+def _mlc() -> Any:
+    return require_extra("ml_collections", "loading study configs")
+
+
+def _is_config_dict(x: Any) -> bool:
+    mod = sys.modules.get("ml_collections")  # no ConfigDict exists before it is imported
+    return mod is not None and isinstance(x, mod.ConfigDict)
+
+
+def load_config(path: str | pathlib.Path, overrides: Sequence[str] = ()) -> Any:
     """Imports ``path``, calls its ``get_config()`` and applies ``overrides``.
 
     Args:
@@ -43,7 +51,10 @@ def load_config(path: str | pathlib.Path, overrides: Sequence[str] = ()) -> ml_c
     Raises:
       ConfigError: the file is missing, has no ``get_config``, or an override
         names an unknown field or a value of the wrong type.
+      MissingExtraError: ``ml_collections`` is not installed (``pip install
+        "jaxcomp[research]"``).
     """
+    ml_collections = _mlc()
     variant = None
     head, sep, tail = str(path).rpartition(":")
     if sep and head and tail and not pathlib.Path(path).is_file() and not {"/", "\\"} & set(tail):
@@ -91,7 +102,7 @@ def _child(node: Any, part: str, dotted: str) -> Any:
         if not part.isdigit() or int(part) >= len(node):
             raise ConfigError(f"{dotted}: index {part!r} is out of range for a list of {len(node)}")
         return node[int(part)]
-    if isinstance(node, (ml_collections.ConfigDict, dict)):
+    if isinstance(node, dict) or _is_config_dict(node):
         keys = list(node.keys())
         if part not in keys:
             raise ConfigError(f"{dotted}: no such field{_suggest(part, keys)}")
@@ -114,14 +125,14 @@ def _coerce(old: Any, new: Any, dotted: str) -> Any:
         return new
     if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
         return type(old)(new)
-    if isinstance(old, (dict, ml_collections.ConfigDict)) and isinstance(new, dict):
+    if (isinstance(old, dict) or _is_config_dict(old)) and isinstance(new, dict):
         return new
     raise ConfigError(
         f"{dotted}: expected a value of type {type(old).__name__} (like {old!r}), got {new!r}"
     )
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> ml_collections.ConfigDict:
+def apply_overrides(config: Any, overrides: Sequence[str]) -> Any:
     """Applies ``config.a.b=value`` overrides in order (returns the same object).
 
     Example:
@@ -151,7 +162,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
         if isinstance(node, list):
             node[int(last)] = new
         else:
-            with config.unlocked() if isinstance(config, ml_collections.ConfigDict) else _Null():
+            with config.unlocked() if _is_config_dict(config) else _Null():
                 try:
                     node[last] = new
                 except TypeError as e:

@@ -1,9 +1,11 @@
 """Checkpoints of whole training states with orbax, verified on restore.
 
-Layout: ``workdir/<step>/`` holds two orbax items, ``state`` (every leaf of
-the state as a flat dict of arrays) and ``meta`` (JSON: the canonical path,
-shape, dtype and CRC-32 of every leaf, the PRNG key implementation of key
-leaves, the tree structure). Orbax writes a step into
+Layout: ``workdir/<step>/`` holds the orbax items ``state`` (every leaf of
+the state as a flat dict of arrays; absent for a state without leaves),
+``meta`` (JSON: the canonical path, shape, dtype and CRC-32 of every leaf,
+the PRNG key implementation of key leaves, the tree structure) and, when
+given, ``extra`` (JSON the caller attaches, e.g. the position of
+:func:`~jaxcomp.train.fit` in its run). Orbax writes a step into
 ``<step>.orbax-checkpoint-tmp`` and renames it when complete, so a crash
 mid-save leaves the previous steps intact; :func:`latest_step` only reports
 finalized steps.
@@ -12,14 +14,21 @@ Restoring checks the target against the recorded leaves first (a different
 tree structure, shape or dtype is a ``ValueError`` naming the paths, never a
 partial load) and the checksums after reading (a truncated, deleted or
 bit-flipped array file is a ``ValueError``, never silent garbage).
+
+The readers (:func:`all_steps`, :func:`latest_step`,
+:func:`restore_checkpoint`, :func:`checkpoint_extra`, :func:`read_arrays`)
+also accept the ``workdir`` of :func:`~jaxcomp.train.fit`, whose checkpoints
+live in its ``checkpoints/`` sub-directory.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import re
 import zlib
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -29,7 +38,14 @@ from jaxcomp.core.errors import list_paths
 from jaxcomp.select.paths import path_str
 from jaxcomp.train.state import is_prng_key
 
-__all__ = ["all_steps", "latest_step", "restore_checkpoint", "save_checkpoint"]
+__all__ = [
+    "all_steps",
+    "checkpoint_extra",
+    "latest_step",
+    "read_arrays",
+    "restore_checkpoint",
+    "save_checkpoint",
+]
 
 _FORMAT = "jaxcomp.train.checkpoint/1"
 _MAX_LISTED = 10
@@ -94,16 +110,30 @@ def _finalized_steps(workdir: pathlib.Path) -> list[int]:
     return sorted(steps)
 
 
+def _resolve(workdir: os.PathLike | str) -> pathlib.Path:
+    """``workdir``, or its ``checkpoints/`` sub-directory when only that one holds steps."""
+    workdir = pathlib.Path(workdir).absolute()
+    sub = workdir / "checkpoints"
+    if not _finalized_steps(workdir) and _finalized_steps(sub):
+        return sub
+    return workdir
+
+
 def all_steps(workdir: os.PathLike | str) -> list[int]:
-    """The finalized checkpoint steps in ``workdir``, ascending (temporary dirs ignored)."""
-    return _finalized_steps(pathlib.Path(workdir))
+    """The finalized checkpoint steps in ``workdir``, ascending (temporary dirs ignored).
+
+    ``workdir`` may also be a :func:`~jaxcomp.train.fit` workdir (its
+    checkpoints are in ``workdir/checkpoints``).
+    """
+    return _finalized_steps(_resolve(workdir))
 
 
 def latest_step(workdir: os.PathLike | str) -> int | None:
     """The newest finalized checkpoint step in ``workdir``, or ``None`` if there is none.
 
     Unfinished saves (``<step>.orbax-checkpoint-tmp`` directories left by a
-    crash) are ignored.
+    crash) are ignored. ``workdir`` may also be a :func:`~jaxcomp.train.fit`
+    workdir (its checkpoints are in ``workdir/checkpoints``).
 
     Example:
       >>> import tempfile
@@ -121,6 +151,7 @@ def save_checkpoint(
     step: int | None = None,
     keep: int | None = 3,
     overwrite: bool = False,
+    extra: Mapping[str, Any] | None = None,
 ) -> pathlib.Path:
     """Saves a whole training state (any pytree) synchronously and atomically.
 
@@ -128,7 +159,9 @@ def save_checkpoint(
     :class:`jaxcomp.LowRank`, :class:`jaxcomp.QArray`, :class:`jaxcomp.Codebook`
     included), optimizer state, model state, compressor state and the PRNG key
     (typed keys are stored as ``jax.random.key_data`` with their
-    implementation name). The call returns when the step is on disk.
+    implementation name). The call returns when the step is on disk. A state
+    without array leaves (``{}``, ``None``) is saved too (only its
+    structure) and restores as itself.
 
     Args:
       workdir: directory holding one sub-directory per step (created if
@@ -137,6 +170,8 @@ def save_checkpoint(
       step: the step number (default: ``int(state.step)``).
       keep: keep at most this many newest steps (``None``: all).
       overwrite: replace an existing checkpoint of the same step.
+      extra: JSON-serialisable data saved atomically with the step (read
+        back with :func:`checkpoint_extra`).
 
     Returns:
       The step's directory.
@@ -144,7 +179,8 @@ def save_checkpoint(
     Raises:
       ValueError: if the step exists and ``overwrite`` is false, or ``step`` /
         ``keep`` is invalid.
-      TypeError: if a leaf cannot be checkpointed.
+      TypeError: if a leaf cannot be checkpointed, or ``extra`` is not a
+        JSON-serialisable mapping.
 
     Example:
       >>> import tempfile, jax, jax.numpy as jnp
@@ -177,6 +213,17 @@ def save_checkpoint(
         arrays[_name(i)] = leaf
     meta = {"format": _FORMAT, "step": step, "treedef": str(treedef), "leaves": entries,
             "jax_version": jax.__version__}
+    items = {"meta": ocp.args.JsonSave(meta)}
+    if arrays:  # orbax refuses an empty item: a leafless state is all in meta
+        items["state"] = ocp.args.StandardSave(arrays)
+    if extra is not None:
+        if not isinstance(extra, Mapping):
+            raise TypeError(f"save_checkpoint: extra must be a mapping, got {type(extra).__name__}")
+        try:
+            json.dumps(extra)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"save_checkpoint: extra must be JSON-serialisable ({e})") from None
+        items["extra"] = ocp.args.JsonSave(dict(extra))
     mngr = _manager(workdir, keep, create=True)
     try:
         if step in _finalized_steps(workdir):
@@ -186,13 +233,7 @@ def save_checkpoint(
                     "to replace it"
                 )
             mngr.delete(step)
-        mngr.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)
-            ),
-            force=True,
-        )
+        mngr.save(step, args=ocp.args.Composite(**items), force=True)
         mngr.wait_until_finished()
     finally:
         mngr.close()
@@ -305,7 +346,7 @@ def restore_checkpoint(
       [0.0, 1.0, 2.0]
     """
     ocp = _ocp()
-    workdir = pathlib.Path(workdir).absolute()
+    workdir = _resolve(workdir)
     steps = _finalized_steps(workdir)
     if not steps:
         raise FileNotFoundError(f"restore_checkpoint: no finalized checkpoint in {workdir}")
@@ -347,7 +388,7 @@ def restore_checkpoint(
         try:
             restored = mngr.restore(
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-            )["state"]
+            )["state"] if abstract else {}
         except Exception as e:
             broken = _locate_unreadable(mngr, step, abstract, [p for p, _ in flat])
             listed = f":\n{_format_problems(broken)}\n" if broken else " "
@@ -382,3 +423,99 @@ def restore_checkpoint(
             f"{_format_problems(bad)}\nRestore an earlier step (available: {steps})."
         )
     return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def _pick(workdir: os.PathLike | str, step: int | None, what: str) -> tuple[pathlib.Path, int]:
+    workdir = _resolve(workdir)
+    steps = _finalized_steps(workdir)
+    if not steps:
+        raise FileNotFoundError(f"{what}: no finalized checkpoint in {workdir}")
+    if step is None:
+        return workdir, steps[-1]
+    if step not in steps:
+        raise FileNotFoundError(f"{what}: no finalized checkpoint for step {step} in {workdir}; "
+                                f"available steps: {steps}")
+    return workdir, int(step)
+
+
+def checkpoint_extra(workdir: os.PathLike | str, *, step: int | None = None) -> dict | None:
+    """The ``extra`` data saved with a checkpoint (``None`` if it was saved without).
+
+    Args:
+      workdir: the checkpoint directory (or a :func:`~jaxcomp.train.fit` workdir).
+      step: the step (default: the latest finalized one).
+
+    Raises:
+      FileNotFoundError: if there is no finalized checkpoint (or not ``step``).
+
+    Example:
+      >>> import tempfile, jax.numpy as jnp
+      >>> d = tempfile.mkdtemp()
+      >>> _ = save_checkpoint(d, {"w": jnp.ones(2)}, step=3, extra={"epoch": 1})
+      >>> checkpoint_extra(d)
+      {'epoch': 1}
+    """
+    ocp = _ocp()
+    workdir, step = _pick(workdir, step, "checkpoint_extra")
+    if not (workdir / str(step) / "extra").is_dir():
+        return None
+    mngr = _manager(workdir)
+    try:
+        return mngr.restore(step, args=ocp.args.Composite(extra=ocp.args.JsonRestore()))["extra"]
+    finally:
+        mngr.close()
+
+
+def read_arrays(workdir: os.PathLike | str, *, step: int | None = None) -> dict[str, np.ndarray]:
+    """Reads a checkpoint without a target: ``{leaf path: numpy array}``, checksums verified.
+
+    For inspecting or comparing checkpoints (e.g. two runs bit for bit)
+    without rebuilding the state; PRNG keys come back as their raw
+    ``key_data``. Use :func:`restore_checkpoint` to continue training.
+
+    Args:
+      workdir: the checkpoint directory (or a :func:`~jaxcomp.train.fit` workdir).
+      step: the step (default: the latest finalized one).
+
+    Raises:
+      FileNotFoundError: if there is no finalized checkpoint (or not ``step``).
+      ValueError: if the checkpoint is not jaxcomp's or its data are corrupted.
+
+    Example:
+      >>> import tempfile, jax.numpy as jnp
+      >>> d = tempfile.mkdtemp()
+      >>> _ = save_checkpoint(d, {"b": jnp.arange(2), "a": {"w": jnp.ones(1)}}, step=0)
+      >>> {k: v.tolist() for k, v in read_arrays(d).items()}
+      {'a/w': [1.0], 'b': [0, 1]}
+    """
+    ocp = _ocp()
+    workdir, step = _pick(workdir, step, "read_arrays")
+    where = f"checkpoint step {step} in {workdir}"
+    mngr = _manager(workdir)
+    try:
+        meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+            raise ValueError(f"{where} was not written by jaxcomp.train.save_checkpoint")
+        entries = meta["leaves"]
+        if not entries:
+            return {}
+        abstract = {}
+        for i, e in enumerate(entries):
+            shape = e["data_shape"] if e["dtype"] == "key" else e["shape"]
+            dtype = np.uint32 if e["dtype"] == "key" else np.dtype(e["dtype"])
+            abstract[_name(i)] = np.zeros(tuple(shape), dtype)
+        try:
+            restored = mngr.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+            )["state"]
+        except Exception as e:
+            raise ValueError(f"{where} is corrupted or unreadable ({type(e).__name__})") from e
+    finally:
+        mngr.close()
+    out = {}
+    for i, e in enumerate(entries):
+        value = np.asarray(restored[_name(i)])
+        if e.get("crc32") is not None and _crc(value) != e["crc32"]:
+            raise ValueError(f"{where} is corrupted: {e['path']}: checksum mismatch")
+        out[e["path"]] = value
+    return out

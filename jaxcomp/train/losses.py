@@ -17,6 +17,7 @@ import optax
 from jax.typing import ArrayLike
 
 from jaxcomp.core.errors import check_in_range
+from jaxcomp.train.adapters import _HINT, check_apply_fn
 
 __all__ = ["LossFn", "batch_mask", "masked_mean", "supervised_loss"]
 
@@ -95,7 +96,12 @@ def supervised_loss(
 
     Raises:
       ValueError: if ``label_smoothing`` is outside ``[0, 1)``.
-      TypeError: if ``apply_fn`` is not callable.
+      TypeError: if ``apply_fn`` is not callable or does not have the
+        signature above (a Flax module or ``module.apply``): the message
+        names the adapters :func:`~jaxcomp.train.linen_apply` and
+        :func:`~jaxcomp.train.nnx_apply`. Also raised when called, if
+        ``apply_fn`` does not return ``(logits, state)`` for
+        ``return_state=True``.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -112,14 +118,29 @@ def supervised_loss(
       Szegedy et al., "Rethinking the Inception architecture" (label
       smoothing), arXiv:1512.00567.
     """
-    if not callable(apply_fn):
-        raise TypeError(f"supervised_loss: apply_fn must be callable, got {type(apply_fn).__name__}")
+    check_apply_fn(apply_fn, "supervised_loss: apply_fn")
     check_in_range("label_smoothing", label_smoothing, 0.0, 1.0, high_inclusive=False)
 
     def loss_fn(params, model_state, batch, rng):
         model_state = {} if model_state is None else model_state
         variables = {"params": params, **model_state}
-        logits, new_state = apply_fn(variables, batch["x"], train=train, rng=rng, return_state=True)
+        try:
+            out = apply_fn(variables, batch["x"], train=train, rng=rng, return_state=True)
+        except TypeError as e:
+            if "unexpected keyword argument" in str(e) and any(
+                    k in str(e) for k in ("'train'", "'rng'", "'return_state'")):
+                raise TypeError(
+                    f"supervised_loss: apply_fn is called as apply_fn(variables, x, train=..., "
+                    f"rng=..., return_state=True) and passed them on to a function that does "
+                    f"not take them ({e}); {_HINT}"
+                ) from e
+            raise
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise TypeError(
+                "supervised_loss: apply_fn(..., return_state=True) must return (logits, "
+                f"new_model_state), got {type(out).__name__}; {_HINT}"
+            )
+        logits, new_state = out
         new_model_state = {**model_state, **dict(new_state or {})}
         logits = logits.astype(jnp.float32)
         y = jnp.asarray(batch["y"])

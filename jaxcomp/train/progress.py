@@ -6,6 +6,9 @@
   carriage returns; about ten periodic train lines per run plus one line per
   evaluation.
 * ``workdir/metrics.jsonl``: one JSON object per logged step.
+
+In a multi-process run only process 0 prints and writes files
+(:func:`is_main_process`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -27,7 +31,20 @@ from rich.progress import (
 )
 from rich.table import Table
 
-__all__ = ["MetricsWriter", "Reporter", "format_metrics", "summary_table"]
+__all__ = ["MetricsWriter", "Reporter", "format_metrics", "is_main_process", "summary_table"]
+
+
+def is_main_process() -> bool:
+    """Whether this is process 0, the one that prints and writes logs, results and plots.
+
+    Checkpoints are the exception: every process takes part in saving them
+    (orbax coordinates the processes).
+
+    Example:
+      >>> is_main_process()  # a single-process run
+      True
+    """
+    return jax.process_index() == 0
 
 
 def _fmt(v: Any) -> str:
@@ -58,16 +75,29 @@ def _line(record: Mapping[str, Any], total: int | None) -> str:
 
 
 class MetricsWriter:
-    """Appends records as JSON lines to ``workdir/metrics.jsonl`` (flushed per record)."""
+    """Appends records as JSON lines to ``workdir/metrics.jsonl`` (flushed per record).
 
-    def __init__(self, workdir: str | pathlib.Path | None):
+    Args:
+      workdir: the directory (``None``: write nothing).
+      rewrite: if given, the file is replaced by these records first (a
+        resumed run drops the lines logged after its checkpoint).
+
+    Only process 0 writes (:func:`is_main_process`); elsewhere this writes nothing.
+    """
+
+    def __init__(self, workdir: str | pathlib.Path | None,
+                 rewrite: Sequence[Mapping[str, Any]] | None = None):
         self.path = None
         self._fh = None
-        if workdir is not None:
+        if workdir is not None and is_main_process():
             d = pathlib.Path(workdir)
             d.mkdir(parents=True, exist_ok=True)
             self.path = d / "metrics.jsonl"
-            self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+            mode = "a" if rewrite is None else "w"
+            self._fh = open(self.path, mode, encoding="utf-8")  # noqa: SIM115 - closed in close()
+            for record in rewrite or ():
+                self._fh.write(json.dumps(record, allow_nan=True) + "\n")
+            self._fh.flush()
 
     def write(self, record: Mapping[str, Any]) -> None:
         if self._fh is not None:
@@ -84,7 +114,7 @@ class Reporter:
     """Progress display: a rich bar on terminals, sparse lines elsewhere, or nothing.
 
     Args:
-      enabled: ``False`` prints nothing at all.
+      enabled: ``False`` prints nothing at all (nor does any process but 0).
       total: total number of steps (``None`` if unknown).
       console: the rich console (default: a new one on stdout).
       lines: how many periodic train lines to print on a non-terminal.
@@ -92,7 +122,7 @@ class Reporter:
 
     def __init__(self, enabled: bool, total: int | None, console: Console | None = None,
                  lines: int = 10):
-        self.enabled = enabled
+        self.enabled = bool(enabled) and is_main_process()
         self.total = total
         self.console = console if console is not None else Console()
         self.tty = self.console.is_terminal and not self.console.is_dumb_terminal
@@ -101,7 +131,7 @@ class Reporter:
         self._logs = 0
         self._progress = None
         self._task = None
-        if enabled and self.tty:
+        if self.enabled and self.tty:
             self._progress = Progress(
                 TextColumn("[bold]train"),
                 BarColumn(),
@@ -156,8 +186,12 @@ def summary_table(
     elapsed: float,
     best: Mapping[str, Any] | None = None,
     stopped_early: bool = False,
+    notes: Sequence[tuple[str, str]] = (),
 ) -> Table:
-    """A rich table: run length and speed, final train/eval metrics, best monitored value."""
+    """A rich table: run length and speed, final train/eval metrics, best monitored value.
+
+    ``notes`` are extra ``(label, value)`` rows at the end.
+    """
     table = Table(title="Training summary", show_header=True, header_style="bold")
     table.add_column("")
     table.add_column("value", justify="right")
@@ -176,4 +210,6 @@ def summary_table(
         table.add_row(f"best {best['monitor']} (step {best['step']})", _fmt(best["value"]))
     if stopped_early:
         table.add_row("stopped early", "yes")
+    for label, value in notes:
+        table.add_row(label, value)
     return table
