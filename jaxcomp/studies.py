@@ -42,6 +42,7 @@ from jaxcomp.config.registry import ConfigError
 
 __all__ = [
     "RunCounter",
+    "accuracy",
     "by_sign",
     "config_overrides",
     "default_workdir",
@@ -49,6 +50,7 @@ __all__ = [
     "fmt_ms",
     "markdown_table",
     "plain",
+    "plural",
     "read_results",
     "run_section",
     "signed",
@@ -221,19 +223,64 @@ def _clock(seconds: float) -> str:
 
 
 def fmt_ms(ms: Mapping[str, float] | None, *, scale: float = 1.0, digits: int = 1,
-           unit: str = "") -> str:
+           unit: str = "", sign: bool = False) -> str:
     """``mean ± std`` of a :func:`~jaxcomp.experiment.mean_std` dict (``n/a`` for None).
+
+    ``sign=True`` always shows the mean's sign (for differences).
 
     Example:
       >>> fmt_ms({"mean": 0.9371, "std": 0.0102, "n": 3}, scale=100, unit="%")
       '93.7 ± 1.0%'
+      >>> fmt_ms({"mean": 0.0123, "std": 0.004}, scale=100, digits=2, unit=" pp", sign=True)
+      '+1.23 ± 0.40 pp'
       >>> fmt_ms(None)
       'n/a'
     """
     if ms is None or ms.get("mean") is None:
         return "n/a"
     std = ms.get("std") or 0.0
-    return f"{ms['mean'] * scale:.{digits}f} ± {std * scale:.{digits}f}{unit}"
+    mean = f"{ms['mean'] * scale:{'+' if sign else ''}.{digits}f}"
+    return f"{mean} ± {std * scale:.{digits}f}{unit}"
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 seed``, ``3 seeds``.
+
+    Example:
+      >>> plural(1, "seed"), plural(3, "seed"), plural(0, "copy")
+      ('1 seed', '3 seeds', '0 copies')
+    """
+    if noun.endswith("y") and noun[-2:-1] not in "aeiou":
+        many = noun[:-1] + "ies"
+    else:
+        many = noun + "s"
+    return f"{n:,} {noun if n == 1 else many}"
+
+
+def accuracy(apply_fn: Callable[[Any, Any], Any], variables: Any, x: Any, y: Any, *,
+             batch_size: int = 500) -> float:
+    """Top-1 accuracy of ``apply_fn(variables, x)`` logits on ``(x, y)``, in jitted batches.
+
+    Example:
+      >>> import numpy as np
+      >>> w = np.array([[1.0, 0.0], [0.0, 1.0]])
+      >>> accuracy(lambda v, x: x @ v, w, np.array([[2.0, 1.0], [0.0, 3.0], [1.0, 0.0]]),
+      ...          np.array([0, 1, 1]), batch_size=2)
+      0.6666666666666666
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"accuracy: batch_size must be a positive int, got {batch_size!r}")
+    if len(x) != len(y) or len(y) == 0:
+        raise ValueError(f"accuracy: x and y must be non-empty and of one length, got "
+                         f"{len(x)} and {len(y)}")
+    predict = jax.jit(lambda v, xb: jnp.argmax(apply_fn(v, xb), -1))
+    pred = np.concatenate([np.asarray(predict(variables, x[i:i + batch_size]))
+                           for i in range(0, len(x), batch_size)])
+    return float(np.mean(pred == np.asarray(y)))
 
 
 def signed(x: float | None, *, scale: float = 1.0, digits: int = 1, unit: str = "") -> str:
@@ -399,6 +446,7 @@ def study_main(study: str, train_and_evaluate: Callable[[Any, pathlib.Path, bool
             raise ConfigError(f"--config {args.config} belongs to another study; run "
                               f"{entry_command(config, config_file=args.config)}")
         workdir = pathlib.Path(args.workdir) if args.workdir else default_workdir(study)
+        script = {**plain(config), "entry": entry or f"research/{study}/main.py"}
         if args.render:
             try:
                 results = read_results(workdir)
@@ -409,17 +457,18 @@ def study_main(study: str, train_and_evaluate: Callable[[Any, pathlib.Path, bool
                 results["overrides_derived"] = True
             if "command" not in results:
                 results["command"] = entry_command(
-                    {**plain(config), "entry": entry or f"research/{study}/main.py"},
-                    config_file=args.config, workdir=workdir, overrides=results["overrides"])
+                    script, config_file=args.config, workdir=workdir,
+                    overrides=results["overrides"])
         else:
             workdir.mkdir(parents=True, exist_ok=True)
             out = train_and_evaluate(config, workdir, not args.no_progress)
-            command = entry_command({**plain(config), "entry": entry or f"research/{study}/main.py"},
-                                    config_file=args.config, workdir=workdir, overrides=extra)
+            command = entry_command(script, config_file=args.config, workdir=workdir,
+                                    overrides=extra)
             results = {"config": plain(config), "config_file": args.config,
                        "overrides": list(extra), "command": command, **out}
-            write_results(workdir, results)
-            results = read_results(workdir)
+            path = write_results(workdir, results)
+            if path.is_file():  # the report reads the results as written (JSON types)
+                results = read_results(workdir)
     except ConfigError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2

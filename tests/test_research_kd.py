@@ -145,13 +145,14 @@ def test_study_command_line_from_another_directory(tmp_path):
     cmd = [sys.executable, str(ROOT / "research" / "mnist1d_baselines" / "main.py"),
            "--config", str(ROOT / "configs" / "mnist1d_baselines.py"), "--workdir", "w",
            "--render"]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=dict(os.environ))
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=dict(os.environ),
+                          check=False)
     assert proc.returncode == 0, proc.stderr
     report = (tmp_path / "w" / "RESULTS.md").read_text()
     assert report.startswith("# MNIST-1D baselines") and report in proc.stdout
     assert proc.stdout.rstrip().endswith("wrote w/RESULTS.md")
     bad = subprocess.run([*cmd[:-1], "--config.seeds=[0]", "--render"], cwd=tmp_path,
-                         capture_output=True, text=True, env=dict(os.environ))
+                         capture_output=True, text=True, env=dict(os.environ), check=False)
     assert bad.returncode == 2 and "takes no --config.* overrides" in bad.stderr
 
 

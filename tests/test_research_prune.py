@@ -28,6 +28,7 @@ def test_committed_report_is_rendered_from_committed_results(study, rerender):
 # ---------------------------------------------------------------- lottery_ticket_mnist1d
 
 
+@pytest.mark.slow
 def test_lottery_ticket_smoke(tmp_path, run_study):
     res = run_study(tmp_path, "lottery_ticket_mnist1d")
     t = res["table"]

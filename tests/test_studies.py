@@ -19,6 +19,7 @@ from jaxcomp.config import ConfigError, apply_overrides, load_config
 from jaxcomp.experiment import run_experiment
 from jaxcomp.studies import (
     RunCounter,
+    accuracy,
     by_sign,
     config_overrides,
     default_workdir,
@@ -26,6 +27,7 @@ from jaxcomp.studies import (
     fmt_ms,
     markdown_table,
     plain,
+    plural,
     read_results,
     run_section,
     signed,
@@ -81,6 +83,12 @@ def test_number_formatting():
     assert fmt_ms({"mean": 0.93712, "std": 0.01, "n": 3}, scale=100, unit="%") == "93.7 ± 1.0%"
     assert fmt_ms({"mean": 27.333, "std": None, "n": 1}, digits=2) == "27.33 ± 0.00"
     assert fmt_ms(None) == fmt_ms({"mean": None}) == "n/a"
+    assert fmt_ms({"mean": -0.006, "std": 0.018}, scale=100, unit=" pp", sign=True) == (
+        "-0.6 ± 1.8 pp")
+    assert fmt_ms({"mean": 0.0, "std": 0.0}, sign=True) == "+0.0 ± 0.0"
+    assert [plural(n, "seed") for n in (0, 1, 2)] == ["0 seeds", "1 seed", "2 seeds"]
+    assert plural(3, "copy") == "3 copies" and plural(2, "day") == "2 days"
+    assert plural(1200, "step") == "1,200 steps"
     assert signed(-0.0345, scale=100, digits=2, unit=" pp") == "-3.45 pp"
     assert signed(0.0) == "+0.0"
     assert signed(None) == signed(float("nan")) == "n/a"
@@ -128,6 +136,23 @@ def test_plain_and_default_workdir():
     for bad in ("", "a/b", None):
         with pytest.raises(ValueError, match="study must be a plain name"):
             default_workdir(bad)
+
+
+def test_accuracy_matches_a_numpy_count():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(5, 3)).astype(np.float32)
+    x = rng.normal(size=(23, 5)).astype(np.float32)
+    y = rng.integers(0, 3, size=23)
+    expected = float(np.mean(np.argmax(x @ w, -1) == y))
+    for batch_size in (1, 7, 23, 100):  # a ragged last batch included
+        assert accuracy(lambda v, xb: xb @ v, w, x, y, batch_size=batch_size) == expected
+    for bad in (0, True, 2.0):
+        with pytest.raises(ValueError, match="batch_size must be a positive int"):
+            accuracy(lambda v, xb: xb @ v, w, x, y, batch_size=bad)
+    with pytest.raises(ValueError, match="non-empty and of one length, got 23 and 22"):
+        accuracy(lambda v, xb: xb @ v, w, x, y[:22])
 
 
 # ---------------------------------------------------------------- config overrides

@@ -24,7 +24,7 @@ import jax
 from jaxcomp import studies
 from jaxcomp.distill import distillation_loss
 from jaxcomp.experiment import build_model, load_data, mean_std, plot_history, train_supervised
-from jaxcomp.studies import by_sign, fmt_ms, markdown_table, plain, signed, words
+from jaxcomp.studies import by_sign, fmt_ms, markdown_table, plain, words
 
 STUDY = "fitnets_multiteacher"
 VARIANTS = ("hard", "kd_1teacher", "kd_2teachers", "kd_1teacher_hint", "kd_2teachers_hints")
@@ -106,7 +106,8 @@ def render(res: dict) -> str:
     for name, row in s.items():
         fixed = name == "hard" or name.startswith("teacher")
         rows.append([name, fmt_ms(row["accuracy"], scale=100, digits=2, unit="%"),
-                     "—" if fixed else _delta(row["delta_vs_hard"])])
+                     "—" if fixed else fmt_ms(row["delta_vs_hard"], scale=100, digits=2,
+                                             unit=" pp", sign=True)])
     lines = [
         "# FitNets hints and multi-teacher KD (mnist5k)",
         "",
@@ -117,8 +118,8 @@ def render(res: dict) -> str:
          f"`{res['hint']['student']}` → teacher `{res['hint']['teacher']}` through a "
          f"{res['hint']['regressor']} regressor, weight {res['hint']['weight']}, trained jointly. "
          f"Teachers {studies.train_budget(cfg['teacher']['train'])}, students "
-         f"{studies.train_budget(cfg['student_train'])}; {n_seeds} "
-         f"seed{'s' if n_seeds != 1 else ''}; test accuracy on 1,000 images; deltas against the "
+         f"{studies.train_budget(cfg['student_train'])}; "
+         f"{studies.plural(n_seeds, 'seed')}; test accuracy on 1,000 images; deltas against the "
          "hard-label student of the same seed."),
         "",
         *markdown_table(["variant", "test accuracy", "delta vs hard labels"], rows),
@@ -136,10 +137,6 @@ def render(res: dict) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def _delta(ms: dict) -> str:
-    return f"{signed(ms['mean'], scale=100, digits=2)} ± {ms['std'] * 100:.2f} pp"
 
 
 def _pp(x: float) -> str:

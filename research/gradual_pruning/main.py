@@ -151,7 +151,7 @@ def render(res: dict) -> str:
             str(t["small_hidden"]),
             fmt_ms(t["large_sparse"], scale=100, digits=2, unit="%"),
             fmt_ms(t["small_dense"], scale=100, digits=2, unit="%"),
-            f"{signed(d['mean'], scale=100, digits=2)} ± {d['std'] * 100:.2f}",
+            fmt_ms(d, scale=100, digits=2, sign=True),
             signed(e["mean"], scale=100, digits=2),
         ])
     lines = [
@@ -161,7 +161,7 @@ def render(res: dict) -> str:
          f"{res['dataset']} split, {opt['name'].capitalize()} {opt['learning_rate']:g}, batch "
          f"{cfg['data']['batch_size']}, {studies.train_budget(cfg['train'])} for every model; "
          f"cubic schedule from step {sc['begin_step']} to {sc['end_step']}, masks every "
-         f"{sc['update_every']} steps; {n_seeds} seed{'s' if n_seeds != 1 else ''}. Dense: "
+         f"{sc['update_every']} steps; {studies.plural(n_seeds, 'seed')}. Dense: "
          f"{fmt_ms(res['dense'], scale=100, digits=2, unit='%')}."),
         "",
         *markdown_table(["sparsity", "kernel nnz (large / small)", "small hidden",

