@@ -32,7 +32,7 @@ import jaxcomp as jc
 import jaxcomp.prune as jp
 from jaxcomp.config import COMPRESSORS
 
-STEPS = 8
+STEPS = 7  # SCHED reaches its target at step 6
 SCHED = jp.polynomial_schedule(0.0, 0.5, 0, 6, update_every=2)
 
 
@@ -201,7 +201,6 @@ def _compose(row):
     comp = row.build()
     kernels = r".*/kernel"
     yield "chain", jc.chain(comp, jc.identity()), lambda s: s[0]
-    yield "named_chain", jc.named_chain(("c", comp)), lambda s: s["c"]
     if row.restrictable and row.name not in ("stateless", "identity"):
         yield "masked", jc.masked(comp, kernels), lambda s: s.inner_state
         labels = jc.select.rules([(kernels, "w")], default="rest")
@@ -212,17 +211,17 @@ def _compose(row):
 @pytest.mark.parametrize("row", ROWS, ids=lambda r: r.id)
 def test_composes_with_combinators(row):
     base = row.build()
-    ref = _run_jit(base, row, steps=5)[-1]
+    ref = _run_jit(base, row, steps=3)[-1]
     for name, comp, inner in _compose(row):
         assert (comp.due is None) == (base.due is None), name
         if base.due is not None:
             assert [jc.update_due(comp, t) for t in range(STEPS)] == [
                 jc.update_due(base, t) for t in range(STEPS)], name
         assert (comp.reached is None) == (base.reached is None), name
-        p, s, view = _run_jit(comp, row, steps=5)[-1]
+        p, s, view = _run_jit(comp, row, steps=3)[-1]
         _assert_same_tree(view, ref[2], exact=True)
         _assert_same_tree(p, ref[0], exact=True)
-        if name in ("chain", "named_chain"):
+        if name == "chain":
             _assert_same_tree(inner(s), ref[1])
         if base.reached is not None:
             assert jc.target_reached(comp, s) == jc.target_reached(base, ref[1]), name
@@ -238,8 +237,8 @@ def test_inject_hyperparams(row):
         **row.injectable)
     assert [jc.update_due(injected, t) for t in range(STEPS)] == [
         jc.update_due(plain, t) for t in range(STEPS)]
-    a = _run_jit(plain, row, steps=5)[-1]
-    b = _run_jit(injected, row, steps=5)[-1]
+    a = _run_jit(plain, row, steps=3)[-1]
+    b = _run_jit(injected, row, steps=3)[-1]
     _assert_same_tree(b[2], a[2])
     _assert_same_tree(b[1].inner_state, a[1])
     # a schedule as hyperparameter: the state records its value at the update steps
