@@ -106,17 +106,20 @@ def _tiny(**over):
 
 def test_a_used_workdir_needs_resume_or_overwrite(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(ValueError, match=r"is not empty \(notes.txt\).*--resume.*--overwrite"):
+    (tmp_path / "seed_7").mkdir()  # a seed of an earlier run, no longer in the config
+    with pytest.raises(ValueError, match=r"is not empty \(notes.txt, seed_7\).*--resume.*"
+                                         r"--overwrite"):
         run_experiment(_tiny(), tmp_path, progress=False)
-    run_experiment(_tiny(seeds=[0, 1]), tmp_path, progress=False, overwrite=True)
-    assert (tmp_path / "seed_1" / "checkpoints").is_dir()  # the final checkpoint, for --resume
-    first = json.loads((tmp_path / "results.json").read_text())
-    # resuming a finished run reads every seed back without training: the same results
-    again = run_experiment(_tiny(seeds=[0, 1]), tmp_path, progress=False, resume=True)
+    first = run_experiment(_tiny(), tmp_path, progress=False, overwrite=True)
+    assert not (tmp_path / "seed_7").exists() and (tmp_path / "notes.txt").exists()
+    assert (tmp_path / "seed_0" / "checkpoints").is_dir()  # the final checkpoint, for --resume
+    # resuming a finished run reads it back without training: the same results
+    again = run_experiment(_tiny(), tmp_path, progress=False, resume=True)
     assert [r["test"] for r in again["runs"]] == [r["test"] for r in first["runs"]]
-    # overwriting starts afresh: outputs of seeds no longer in the config are gone
-    run_experiment(_tiny(), tmp_path, progress=False, overwrite=True)
-    assert not (tmp_path / "seed_1").exists() and (tmp_path / "notes.txt").exists()
+    assert again["runs"][0]["nonzero"] == first["runs"][0]["nonzero"]
+    with pytest.raises(ValueError, match="config differs .* config.train"):
+        run_experiment(_tiny(train={"optimizer": {"name": "sgd", "learning_rate": 0.2},
+                                    "steps": 2}), tmp_path, progress=False, resume=True)
     with pytest.raises(ValueError, match="not both"):
         run_experiment(_tiny(), tmp_path, progress=False, resume=True, overwrite=True)
     with pytest.raises(ValueError, match="cannot resume"):

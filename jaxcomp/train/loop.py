@@ -151,6 +151,7 @@ class _Run:
         self.best = None  # {"monitor", "value", "step"}
         self.best_state = None
         self.bad_checks = 0
+        self.unreached_checks = 0  # checks skipped: the compression target was not reached
         self.stop = False
         self.stopped_early = False
         self.finished = False
@@ -188,7 +189,9 @@ class _Run:
                 )
             # A state whose compression target is not reached (a gradual schedule still
             # running) is no candidate, and its checks do not count towards patience.
-            if target_reached(self.compressor, getattr(state, "compressor_state", None)):
+            if not target_reached(self.compressor, getattr(state, "compressor_state", None)):
+                self.unreached_checks += 1
+            else:
                 value = float(metrics[es.metric])
                 if es.improved(value, None if self.best is None else self.best["value"]):
                     self.best = {"monitor": es.monitor, "value": value, "step": step_value}
@@ -233,10 +236,11 @@ class _Run:
             "format": _RUN_FORMAT, "batches": self.done, "first_step": self.first_step,
             "finished": self.finished, "stopped_early": self.stopped_early,
             "elapsed": self.elapsed(), "epoch": self.epoch, "history": self.history,
-            "pending": [{k: float(np.asarray(v)) for k, v in m.items()} for m in self.pending],
+            "pending": [{k: np.asarray(v, np.float64).tolist() for k, v in m.items()}
+                        for m in self.pending],
             "pending_at": list(self.pending_at), "last_eval_at": self.last_eval_at,
             "last_log_at": self.last_log_at, "best": self.best, "best_in": best_in,
-            "bad_checks": self.bad_checks,
+            "bad_checks": self.bad_checks, "unreached_checks": self.unreached_checks,
         }
 
     def checkpoint(self, finished: bool) -> None:
@@ -246,7 +250,8 @@ class _Run:
         if pos["best_in"] == "best":
             best_dir = self.workdir / _BEST_DIR
             if self.best["step"] not in _steps_in(best_dir):
-                save_checkpoint(best_dir, self.best_state, step=self.best["step"], keep=1,
+                # keep=2: the previous best stays until a checkpoint refers to the new one
+                save_checkpoint(best_dir, self.best_state, step=self.best["step"], keep=2,
                                 overwrite=True)
         step = self.step_value() if hasattr(self.state, "step") else self.done
         save_checkpoint(self.workdir / _CKPT_DIR, self.state, step=step, extra=pos,
@@ -284,6 +289,7 @@ class _Run:
         self.last_ckpt_finished = self.finished
         self.best = pos["best"]
         self.bad_checks = int(pos["bad_checks"])
+        self.unreached_checks = int(pos.get("unreached_checks", 0))
         if pos["best_in"] == "checkpoint":
             self.best_state = _copy(self.state) if self.donate else self.state
         elif pos["best_in"] == "best":
@@ -478,7 +484,6 @@ def fit(
         _prepare_workdir(workdir, bool(resume), bool(overwrite))
 
     donate = bool(getattr(step_fn, "donate", False))
-    reporter = None
     run = _Run(state, early_stopping=early_stopping, callbacks=list(callbacks),
                compressor=getattr(step_fn, "compressor", None), donate=donate,
                on_nonfinite=on_nonfinite, workdir=workdir, reporter=None)
@@ -517,7 +522,7 @@ def fit(
     if run.best is not None and early_stopping.restore_best and run.best_state is not None:
         state = run.best_state
     notes = []
-    if early_stopping is not None and run.best is None and run.compressor is not None:
+    if run.best is None and run.unreached_checks:
         notes.append(("best", "none: the compression target was never reached"))
     if restored:
         notes.append(("resumed", "yes"))
