@@ -41,7 +41,7 @@ import numpy as np
 from jaxcomp.config.builders import build_compressor, build_optimizer
 from jaxcomp.config.extras import require_extra
 from jaxcomp.config.loading import get_field, require
-from jaxcomp.config.registry import ConfigError, _suggest
+from jaxcomp.config.registry import ConfigError, did_you_mean
 from jaxcomp.config.validation import check_config
 from jaxcomp.train.progress import is_main_process
 
@@ -194,7 +194,7 @@ def train_supervised(
                           f"got {cfg!r}")
     for name in cfg:
         if name not in _TRAIN_FIELDS:
-            raise ConfigError(f"{field}.{name}: unknown field{_suggest(name, list(_TRAIN_FIELDS))} "
+            raise ConfigError(f"{field}.{name}: unknown field{did_you_mean(name, list(_TRAIN_FIELDS))} "
                               f"Known: {', '.join(_TRAIN_FIELDS)}")
     for name in ("steps", "epochs", "eval_every", "log_every", "accumulate", "compressor_every",
                  "checkpoint_every"):

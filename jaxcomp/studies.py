@@ -39,6 +39,7 @@ from typing import Any, TextIO
 
 from jaxcomp.config.loading import load_config
 from jaxcomp.config.registry import ConfigError
+from jaxcomp.train.progress import is_main_process
 
 __all__ = [
     "RunCounter",
@@ -208,7 +209,7 @@ class RunCounter:
             spent = self.clock() - self._t0
             left = spent / (self.done - 1) * max(self.total - self.done + 1, 0)
             text += f" ({_clock(spent)} elapsed, about {_clock(left)} left)"
-        if self.enabled:
+        if self.enabled and is_main_process():
             print(text, file=self.stream or sys.stdout, flush=True)
 
 
@@ -472,6 +473,8 @@ def study_main(study: str, train_and_evaluate: Callable[[Any, pathlib.Path, bool
     except ConfigError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
+    if not is_main_process():  # every host runs the same command; one writes and prints
+        return 0
     text = render(results)
     (workdir / "RESULTS.md").write_text(text)
     print(text)

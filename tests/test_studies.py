@@ -57,6 +57,17 @@ def test_run_counter_names_runs_counts_and_estimates():
     assert runs.done == 3
 
 
+def test_only_process_zero_prints_progress(monkeypatch):
+    import jaxcomp.studies as studies
+
+    monkeypatch.setattr(studies, "is_main_process", lambda: False)
+    out = io.StringIO()
+    runs = RunCounter(2, stream=out, clock=iter([0.0, 1.0]).__next__)
+    runs.start("a")
+    runs.start("b")
+    assert out.getvalue() == "" and runs.done == 2
+
+
 def test_run_counter_quiet_and_hours(capsys):
     ticks = iter([0.0, 3725.0])
     runs = RunCounter(2, enabled=False, clock=lambda: next(ticks))

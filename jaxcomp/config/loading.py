@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from jaxcomp.config.extras import require_extra
-from jaxcomp.config.registry import ConfigError, _suggest
+from jaxcomp.config.registry import ConfigError, did_you_mean
 
 __all__ = ["apply_overrides", "get_field", "load_config", "require"]
 
@@ -105,7 +105,7 @@ def _child(node: Any, part: str, dotted: str) -> Any:
     if isinstance(node, dict) or _is_config_dict(node):
         keys = list(node.keys())
         if part not in keys:
-            raise ConfigError(f"{dotted}: no such field{_suggest(part, keys)}")
+            raise ConfigError(f"{dotted}: no such field{did_you_mean(part, keys)}")
         return node[part]
     raise ConfigError(f"{dotted}: cannot descend into a {type(node).__name__}")
 

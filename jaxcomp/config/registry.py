@@ -24,7 +24,7 @@ class ConfigError(ValueError):
     """
 
 
-def _suggest(name: str, options: list[str]) -> str:
+def did_you_mean(name: str, options: list[str]) -> str:
     close = difflib.get_close_matches(name, options, n=3, cutoff=0.5)
     return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
 
@@ -80,7 +80,7 @@ class Registry:
             return self._entries[name]
         except KeyError:
             raise ConfigError(
-                f"{field}: unknown {self.kind} {name!r}{_suggest(name, self.names())} "
+                f"{field}: unknown {self.kind} {name!r}{did_you_mean(name, self.names())} "
                 f"Known: {', '.join(self.names())}"
             ) from None
 
@@ -131,7 +131,7 @@ def check_kwargs(fn: Callable[..., Any], kwargs: Mapping[str, Any], fixed: Mappi
         if k not in accepted:
             raise ConfigError(
                 f"{field}.{k}: not an argument of {getattr(fn, '__name__', fn)}"
-                f"{_suggest(k, accepted)} Accepted: {', '.join(a for a in accepted if a not in fixed)}"
+                f"{did_you_mean(k, accepted)} Accepted: {', '.join(a for a in accepted if a not in fixed)}"
             )
     missing = [n for n, p in params.items()
                if p.default is inspect.Parameter.empty

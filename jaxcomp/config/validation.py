@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from jaxcomp.config.registry import ConfigError, _suggest
+from jaxcomp.config.registry import ConfigError, did_you_mean
 
 __all__ = ["COMMON_FIELDS", "GENERIC_FIELDS", "check_config"]
 
@@ -75,7 +75,7 @@ def check_config(config: Any) -> None:
         for k in keys:
             if k not in GENERIC_FIELDS:
                 raise ConfigError(
-                    f"config.{k}: unknown field{_suggest(k, list(GENERIC_FIELDS)) or ';'} Known: "
+                    f"config.{k}: unknown field{did_you_mean(k, list(GENERIC_FIELDS)) or ';'} Known: "
                     f"{', '.join(GENERIC_FIELDS)} (a study with its own fields sets config.entry)"
                 )
     _check_common(config)

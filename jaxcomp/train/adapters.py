@@ -30,7 +30,7 @@ __all__ = ["NNX_STATE", "check_apply_fn", "linen_apply", "nnx_apply"]
 NNX_STATE = "nnx_state"
 
 _TRAIN_NAMES = ("train", "training", "is_training")
-_HINT = ("for your own Flax model use jaxcomp.train.linen_apply(module) (linen) or "
+ADAPTER_HINT = ("for your own Flax model use jaxcomp.train.linen_apply(module) (linen) or "
          "jaxcomp.train.nnx_apply(module) (nnx)")
 
 
@@ -292,5 +292,5 @@ def check_apply_fn(apply_fn: Any, what: str = "apply_fn") -> None:
     except TypeError as e:
         raise TypeError(
             f"{what} must accept (variables, x, train=..., rng=..., return_state=...) like "
-            f"jaxcomp.models.ModelSpec.apply_fn ({e}); {_HINT}"
+            f"jaxcomp.models.ModelSpec.apply_fn ({e}); {ADAPTER_HINT}"
         ) from None

@@ -17,7 +17,7 @@ import optax
 from jax.typing import ArrayLike
 
 from jaxcomp.core.errors import check_in_range
-from jaxcomp.train.adapters import _HINT, check_apply_fn
+from jaxcomp.train.adapters import ADAPTER_HINT, check_apply_fn
 
 __all__ = ["LossFn", "batch_mask", "masked_mean", "supervised_loss"]
 
@@ -132,13 +132,13 @@ def supervised_loss(
                 raise TypeError(
                     f"supervised_loss: apply_fn is called as apply_fn(variables, x, train=..., "
                     f"rng=..., return_state=True) and passed them on to a function that does "
-                    f"not take them ({e}); {_HINT}"
+                    f"not take them ({e}); {ADAPTER_HINT}"
                 ) from e
             raise
         if not (isinstance(out, tuple) and len(out) == 2):
             raise TypeError(
                 "supervised_loss: apply_fn(..., return_state=True) must return (logits, "
-                f"new_model_state), got {type(out).__name__}; {_HINT}"
+                f"new_model_state), got {type(out).__name__}; {ADAPTER_HINT}"
             )
         logits, new_state = out
         new_model_state = {**model_state, **dict(new_state or {})}
