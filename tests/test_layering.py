@@ -1,6 +1,6 @@
 """The package's layering, read from the import statements of jaxcomp/ with ``ast``.
 
-Lower rooms (``core``, ``select``, ``parallel``) import nothing from the
+Lower rooms (``core``, ``select``, ``parallel``, ``ops``) import nothing from the
 families above them; ``data`` does not reach into ``train``; ``train`` does not
 reach into ``prune``; the library never loads ``research/`` code; and the
 lower rooms use no other module's private (leading underscore) names.
@@ -20,7 +20,7 @@ import jaxcomp
 ROOT = pathlib.Path(jaxcomp.__file__).resolve().parent
 
 FAMILIES = ("prune", "distill", "metrics", "train", "data", "models", "experiment", "cli")
-LOWER = ("core", "select", "parallel")
+LOWER = ("core", "select", "parallel", "ops")
 
 # Modules that may execute a file as Python code, and why.
 CODE_LOADERS = {"jaxcomp.config.loading": "loads configs/<study>.py files (plain data)"}
@@ -161,7 +161,7 @@ def test_library_never_loads_research_code():
     assert research_loading() == []
 
 
-@pytest.mark.parametrize("room", ("parallel", "core", "data"))
+@pytest.mark.parametrize("room", ("parallel", "core", "data", "ops"))
 def test_no_private_cross_module_imports(imps, room):
     assert [s for s in private_imports(imps) if within(s.split(":")[0], f"jaxcomp.{room}")] == []
 

@@ -416,18 +416,6 @@ def test_obs_prune_sparsity_rule_forms_and_compressed_leaves():
     assert [s.path for s in res3.layers] == ["fc1/kernel", "fc2/kernel", "fc3/kernel"]
 
 
-def test_in_kernel_selection_matches_smallest_k_masks():
-    from jaxcomp.prune.obs import _smallest_k
-    from jaxcomp.prune.threshold import smallest_k_masks
-
-    rng = np.random.default_rng(0)
-    sel = jax.jit(_smallest_k)
-    for _ in range(40):  # many ties: small integers with signs and zeros
-        s = jnp.asarray(rng.integers(-3, 4, size=(3, 7)).astype(np.float32))
-        k = int(rng.integers(0, 22))
-        np.testing.assert_array_equal(sel(s, jnp.int32(k)), smallest_k_masks([s], [k])[0])
-
-
 def test_block_counts_sum_exactly():
     from jaxcomp.prune.obs import _block_counts
 

@@ -28,10 +28,12 @@ weights exactly zero inside its own update (:mod:`~jaxcomp.prune.optimizer`).
 :func:`host_scheduled` lets a Python training loop decide when masks change,
 so that the jitted step holds no ``lax.cond`` at all (:mod:`~jaxcomp.prune.host`).
 
-Thresholds are exact and sort-free (:mod:`jaxcomp.prune.threshold`): a
-bisection on the float bit patterns with scalar counts only, so masks run
-under ``jit`` on sharded parameters without all-gathers and keep each
-parameter's sharding.
+Thresholds are exact and sort-free (:mod:`jaxcomp.ops.kth`, also reachable
+as ``jaxcomp.prune.threshold``): a bisection on the float bit patterns with
+scalar counts only, so masks run under ``jit`` on sharded parameters without
+all-gathers and keep each parameter's sharding. The masked forward views and
+straight-through gradients live in :mod:`jaxcomp.ops.ste` (also
+``jaxcomp.prune.ste``).
 
 Example:
   >>> import jax, jax.numpy as jnp, optax
@@ -50,7 +52,20 @@ Example:
   0.75
 """
 
-from jaxcomp.prune import allocation, patterns, schedules, scores, ste, threshold
+from jaxcomp.ops import kth as threshold
+from jaxcomp.ops import ste
+from jaxcomp.ops.kth import (
+    bottomk_mask,
+    check_finite,
+    count_true,
+    kth_smallest,
+    num_pruned,
+    smallest_k_masks,
+    threshold_mask,
+    topk_mask,
+)
+from jaxcomp.ops.ste import masked_weight, sr_ste_masked_weight, ste_masked_weight
+from jaxcomp.prune import allocation, patterns, schedules, scores
 from jaxcomp.prune.allocation import erk_densities, erk_sparsities, path_sparsities
 from jaxcomp.prune.compressors import (
     MagnitudePruningState,
@@ -140,7 +155,6 @@ from jaxcomp.prune.ssl import (
     shape_lasso,
     ssl_regularizer,
 )
-from jaxcomp.prune.ste import masked_weight, sr_ste_masked_weight, ste_masked_weight
 from jaxcomp.prune.summary import SparsityRow, SparsitySummary, sparsity_summary
 from jaxcomp.prune.surgery import (
     ChannelGroup,
@@ -156,16 +170,6 @@ from jaxcomp.prune.thinet import (
     least_squares_refit,
     thinet_prune,
     thinet_prune_layer,
-)
-from jaxcomp.prune.threshold import (
-    bottomk_mask,
-    check_finite,
-    count_true,
-    kth_smallest,
-    num_pruned,
-    smallest_k_masks,
-    threshold_mask,
-    topk_mask,
 )
 
 __all__ = [

@@ -36,8 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcomp.core.errors import check_in_range
-from jaxcomp.prune.threshold import _is_tracer, num_pruned
-from jaxcomp.select.leafrules import REQUIRED, _is_mapping, per_leaf
+from jaxcomp.ops.kth import is_tracer, num_pruned
+from jaxcomp.select.leafrules import REQUIRED, is_mapping, per_leaf
 from jaxcomp.select.selection import flatten
 from jaxcomp.select.selectors import Where, ndim
 
@@ -74,7 +74,7 @@ def erk_densities(shapes: Sequence[Sequence[int]], sparsity: Any, *, kernel: boo
       >>> [round(float(x), 4) for x in d]
       [0.027, 0.1365, 0.1365]
     """
-    traced = _is_tracer(sparsity)
+    traced = is_tracer(sparsity)
     xp = jnp if traced else np
     sizes = np.asarray([float(np.prod(s)) for s in shapes])
     ratios = np.asarray([_ratio(s, kernel) for s in shapes])
@@ -112,7 +112,7 @@ def largest_remainder(ideal: Any, total: Any, caps: Sequence[int]) -> Any:
       >>> largest_remainder([0.5, 1.5, 2.2], 4, [10, 10, 10]).tolist()
       [1, 1, 2]
     """
-    traced = _is_tracer(ideal) or _is_tracer(total)
+    traced = is_tracer(ideal) or is_tracer(total)
     xp = jnp if traced else np
     caps_a = np.asarray(caps)
     z = xp.clip(xp.asarray(ideal, dtype=xp.float32 if traced else np.float64), 0, caps_a)
@@ -131,7 +131,7 @@ def erk_counts(sizes_groups: Sequence[int], shapes: Sequence[Sequence[int]], spa
     """Prune counts per leaf (in groups) with ERK densities and an exact total."""
     dens = erk_densities(shapes, sparsity, kernel=kernel)
     groups = np.asarray(sizes_groups, np.float64)
-    traced = _is_tracer(dens)
+    traced = is_tracer(dens)
     xp = jnp if traced else np
     ideal = (1.0 - dens) * groups
     total = num_pruned(sparsity, int(groups.sum()))
@@ -153,7 +153,7 @@ class PathMap:
     """
 
     def __init__(self, mapping: Mapping[str, Any], paths: Sequence[str], has_default: bool):
-        if not _is_mapping(mapping) or not mapping:
+        if not is_mapping(mapping) or not mapping:
             raise TypeError("a per-path sparsity map must be a non-empty dict {regex: sparsity}")
         # None: take the default
         self.values: list[Any] = per_leaf(

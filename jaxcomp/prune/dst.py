@@ -17,7 +17,7 @@ a pruned weight collected meanwhile move it at once:
 zero them, using the state's ``regrown`` masks.
 
 The growth signal. ``apply`` (the forward view) is the masked weight with a
-straight-through gradient (:func:`~jaxcomp.prune.ste.ste_masked_weight`):
+straight-through gradient (:func:`~jaxcomp.ops.ste.ste_masked_weight`):
 its value is ``where(m, w, 0)`` but ``∂view/∂w = 1``, so the gradient of the
 loss with respect to the *stored* params, which
 :func:`jaxcomp.train.make_train_step` passes to ``update(grads=...)``, is
@@ -27,7 +27,7 @@ The optimizer therefore also sees dense gradients: put
 :func:`jaxcomp.keep_compressed` last in the optax chain so the stored
 pruned weights stay exactly zero (``project`` is the constraint).
 
-Selection is sort-free and exact (:func:`~jaxcomp.prune.threshold.smallest_k_masks`,
+Selection is sort-free and exact (:func:`~jaxcomp.ops.kth.smallest_k_masks`,
 ties by lowest flat index; NaN scores count as 0), the update runs under
 ``lax.cond`` on the step, and the masks are data: nothing recompiles when
 they change. ``make_train_step(compressor_every=c)`` only calls ``update``
@@ -50,11 +50,11 @@ from jax import lax
 
 from jaxcomp.core.base import Compressor
 from jaxcomp.core.errors import check_in_range
+from jaxcomp.ops.kth import check_finite, is_tracer, num_pruned, smallest_k_masks
+from jaxcomp.ops.ste import masked_weight, ste_masked_weight
 from jaxcomp.prune.allocation import erk_sparsities
 from jaxcomp.prune.engine import masks_info
 from jaxcomp.prune.masks import select_prunable
-from jaxcomp.prune.ste import masked_weight, ste_masked_weight
-from jaxcomp.prune.threshold import _is_tracer, check_finite, num_pruned, smallest_k_masks
 
 __all__ = ["DSTState", "drop_fraction", "rigl_pruning", "set_pruning"]
 
@@ -213,7 +213,7 @@ def _dst(sparsity, *, drop_frac, update_every, end_step, allocation, where, key,
         # Only the masks pass through the cond; the weights are zeroed by a select outside it,
         # which XLA fuses with the rest of the step (weights returned by a cond are
         # materialised on every step).
-        if _is_tracer(do):
+        if is_tracer(do):
             new, grown = lax.cond(do, drop_grow, hold)
             ws = [jnp.where(do & (gr | ~n), jnp.zeros((), w.dtype), w)
                   for w, n, gr in zip(leaves, new, grown)]

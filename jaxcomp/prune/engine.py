@@ -2,7 +2,7 @@
 
 A pruning compressor is built from four independent parts (scores,
 allocation, pattern, schedule) plus a *mode* for the forward view
-(:mod:`jaxcomp.prune.ste`). :func:`build_pruning` assembles them into a
+(:mod:`jaxcomp.ops.ste`). :func:`build_pruning` assembles them into a
 :class:`~jaxcomp.Compressor`:
 
 * ``init(params)`` resolves ``where=``, validates shapes against the
@@ -46,11 +46,11 @@ from jax.experimental import checkify
 
 from jaxcomp.core.base import Compressor
 from jaxcomp.core.info import LeafInfo
+from jaxcomp.ops.kth import check_finite, is_tracer
+from jaxcomp.ops.ste import MODES, mask_view, masked_weight
 from jaxcomp.prune.masks import MaskConfig, compute_keep, select_prunable
 from jaxcomp.prune.patterns import NM
 from jaxcomp.prune.schedules import Schedule
-from jaxcomp.prune.ste import MODES, mask_view, masked_weight
-from jaxcomp.prune.threshold import _is_tracer, check_finite
 from jaxcomp.select.paths import leaves_with_paths
 from jaxcomp.select.selection import Selected
 
@@ -65,7 +65,7 @@ def masks_info(masks: Any) -> dict[str, LeafInfo]:
     """``{path: LeafInfo(density=kept fraction)}`` for the mask leaves of a state."""
     out = {}
     for p, m in leaves_with_paths(masks):
-        if _is_tracer(m):
+        if is_tracer(m):
             raise ValueError("masks_info needs concrete masks (call it outside jit)")
         out[p] = LeafInfo(density=float(np.mean(np.asarray(m))) if np.size(m) else 1.0)
     return out
@@ -172,7 +172,7 @@ def build_pruning(
         do = schedule.is_update_step(step)
         do = _valid_sparsity_guard(name, schedule, step, do)
         operand = list(leaves) if carried else []
-        if _is_tracer(do):
+        if is_tracer(do):
             keeps, s, frac, new_leaves = lax.cond(do, recompute, keep, operand)
         else:  # eager call: no need to compile both branches
             keeps, s, frac, new_leaves = recompute(operand) if bool(do) else keep(operand)
@@ -215,7 +215,7 @@ def build_pruning(
 def _checked_sparsity(name: str, s: jax.Array, step: jax.Array) -> jax.Array:
     """``s`` at ``init``; a traced value outside ``[0, 1)`` becomes 0 (dense) and is reported
     to ``checkify`` (a concrete one is refused by the mask functions)."""
-    if not _is_tracer(s):
+    if not is_tracer(s):
         return s
     valid = (s >= 0.0) & (s < 1.0)
     checkify.debug_check(valid, f"{name}: the sparsity schedule gives {{s}} at step {{t}}, "
@@ -233,7 +233,7 @@ def _valid_sparsity_guard(name: str, schedule: Schedule, step: jax.Array, do: An
     """
     s = schedule(step)
     valid = (s >= 0.0) & (s < 1.0)  # False for NaN
-    if not (_is_tracer(valid) or _is_tracer(do)):
+    if not (is_tracer(valid) or is_tracer(do)):
         if bool(do) and not bool(valid):
             raise ValueError(
                 f"{name}: the sparsity schedule gives {float(s)!r} at step {int(step)}; a "

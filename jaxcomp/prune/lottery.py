@@ -36,8 +36,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxcomp.core.base import Compressor, EmptyState, never_due
+from jaxcomp.ops.kth import num_pruned, smallest_k_masks, topk_mask
 from jaxcomp.prune.masks import check_finite_leaf, select_prunable
-from jaxcomp.prune.threshold import num_pruned, smallest_k_masks, topk_mask
 from jaxcomp.select.leafrules import per_leaf
 from jaxcomp.select.paths import is_leaf
 from jaxcomp.select.selection import Selected, flatten
@@ -97,7 +97,7 @@ def imp_round_masks(
     For every selected leaf with ``alive`` surviving weights, exactly
     ``round(rate * alive)`` more weights are pruned: the survivors of
     smallest ``|w|`` (ties: lowest flat index first). Pruned weights stay
-    pruned. Thresholds come from :func:`jaxcomp.prune.threshold.smallest_k_masks`
+    pruned. Thresholds come from :func:`jaxcomp.ops.kth.smallest_k_masks`
     (no sort); works under ``jit``.
 
     Args:

@@ -4,10 +4,10 @@ Tree level: :func:`magnitude_mask` and :func:`score_mask` turn a tree (and a
 score tree) into a tree of bool keep-masks, with a scope (per-leaf or one
 global threshold), an allocation across layers and a pattern. Array level:
 :func:`nm_mask`, :func:`block_mask`, :func:`channel_mask` and, in
-:mod:`jaxcomp.prune.threshold`, :func:`threshold_mask` / :func:`topk_mask`.
+:mod:`jaxcomp.ops.kth`, :func:`threshold_mask` / :func:`topk_mask`.
 
 Masks are ``True`` where a weight is kept. They are computed with the
-sort-free exact selection of :mod:`jaxcomp.prune.threshold`, so the achieved
+sort-free exact selection of :mod:`jaxcomp.ops.kth`, so the achieved
 sparsity equals the target exactly — ``round(sparsity * n)`` pruned per leaf
 (layerwise) or over all selected leaves (global), counted in groups for
 structured patterns — ties are broken by index (lower flat index pruned
@@ -30,17 +30,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcomp.core.leaves import CompressedLeaf, is_compressed
-from jaxcomp.prune import allocation as _alloc
-from jaxcomp.prune.patterns import NM, Block, Channel, Pattern, Unstructured, as_pattern
-from jaxcomp.prune.threshold import (
-    _is_tracer,
-    _validate_sparsity,
+from jaxcomp.ops.kth import (
     check_finite,
+    is_tracer,
     num_pruned,
     smallest_k_masks,
+    validate_sparsity,
 )
+from jaxcomp.prune import allocation as _alloc
+from jaxcomp.prune.patterns import NM, Block, Channel, Pattern, Unstructured, as_pattern
 from jaxcomp.select import selectors as _sel
-from jaxcomp.select.leafrules import _is_mapping
+from jaxcomp.select.leafrules import is_mapping
 from jaxcomp.select.paths import is_leaf
 from jaxcomp.select.selection import Selected, flatten
 
@@ -92,7 +92,7 @@ class MaskConfig:
             raise ValueError(f"scope={self.scope!r} must be 'layerwise' or 'global'")
         object.__setattr__(self, "pattern", as_pattern(self.pattern))
         alloc = self.allocation
-        if _is_mapping(alloc):
+        if is_mapping(alloc):
             object.__setattr__(self, "allocation", dict(alloc.items()))
         elif alloc not in ("uniform", "erk", "er"):
             raise ValueError(
@@ -277,7 +277,7 @@ def score_mask(
     config = MaskConfig(scope, pattern, allocation, normalize)
     sel = select_prunable(scores, where, "score_mask")
     if isinstance(config.pattern, NM):
-        if sparsity is not None and not _is_tracer(sparsity) and not np.isclose(
+        if sparsity is not None and not is_tracer(sparsity) and not np.isclose(
                 float(sparsity), config.pattern.sparsity):
             raise ValueError(
                 f"{config.pattern} prunes exactly 1 - n/m = {config.pattern.sparsity:g}; got "
@@ -288,7 +288,7 @@ def score_mask(
         raise ValueError("sparsity=None is only allowed with a {regex: sparsity} allocation "
                          "or an N:M pattern; pass a fraction in [0, 1)")
     if sparsity is not None:
-        _validate_sparsity(sparsity)
+        validate_sparsity(sparsity)
     if check_finite:
         for p, x in sel.pairs:
             check_finite_leaf(p, x)
@@ -381,7 +381,7 @@ def block_mask(w: jax.typing.ArrayLike, sparsity: Any, *, block: tuple[int, int]
     w = jnp.asarray(w)
     pat = Block(*block, reduce=reduce)
     pat.check(tuple(w.shape))
-    _validate_sparsity(sparsity)
+    validate_sparsity(sparsity)
     keeps, _ = compute_keep(MaskConfig(pattern=pat), [jnp.abs(w)], [""], sparsity)
     return keeps[0]
 
@@ -404,7 +404,7 @@ def channel_mask(w: jax.typing.ArrayLike, sparsity: Any, *, axis: int = -1,
     w = jnp.asarray(w)
     pat = Channel(axis, norm)
     pat.check(tuple(w.shape))
-    _validate_sparsity(sparsity)
+    validate_sparsity(sparsity)
     keeps, _ = compute_keep(MaskConfig(pattern=pat), [w], [""], sparsity)
     return keeps[0]
 

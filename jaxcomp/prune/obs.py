@@ -45,8 +45,8 @@ import numpy as np
 from jax import lax
 
 from jaxcomp.core.errors import check_in_range
+from jaxcomp.ops.kth import bottomk_mask_unsharded, num_pruned
 from jaxcomp.prune.patterns import NM, Unstructured, as_pattern, nm_keep
-from jaxcomp.prune.threshold import num_pruned, ordered_key
 
 __all__ = [
     "HessianState",
@@ -215,29 +215,6 @@ def _block_counts(sparsity: float, n_in: int, out: int, bs: int) -> tuple[int, .
     return tuple(ks)
 
 
-def _smallest_k(scores: jax.Array, k: jax.Array) -> jax.Array:
-    """True at exactly ``k`` smallest scores; ties: lowest flat index first.
-
-    The same selection as :func:`~jaxcomp.prune.threshold.smallest_k_masks`
-    (bisection on the ordered float bits, then a rank among the ties), in a
-    form that compiles quickly inside the solver's scan.
-    """
-    key = ordered_key(scores)
-
-    def step(_, lohi):
-        lo, hi = lohi
-        mid = lo + (hi - lo) // 2
-        ok = jnp.sum(key <= mid, dtype=jnp.int32) >= k
-        return jnp.where(ok, lo, mid + 1), jnp.where(ok, mid, hi)
-
-    _, t = lax.fori_loop(0, 32, step, (jnp.uint32(0), jnp.uint32(0xFFFFFFFF)))
-    below = key < t
-    need = k - jnp.sum(below, dtype=jnp.int32)
-    tie = (key == t).reshape(-1)
-    rank = jnp.cumsum(tie, dtype=jnp.int32) - 1
-    return below | (tie & (rank < need)).reshape(scores.shape)
-
-
 @functools.partial(jax.jit, static_argnames=("bs", "nm"))
 def _sparsegpt_kernel(w_in, h, percdamp, ks, *, bs, nm):
     # wt: (out, in) -- the paper's layout: inputs are the columns, processed in order.
@@ -293,7 +270,7 @@ def _sparsegpt_kernel(w_in, h, percdamp, ks, *, bs, nm):
         if nm is None:
             score = jnp.where(dead1[None, :], 0.0, w1 ** 2 / d1[None, :] ** 2)
             score = jnp.where(lax.dynamic_slice_in_dim(padded, i1, bs)[None, :], jnp.inf, score)
-            keep1 = ~_smallest_k(score, ks[b])
+            keep1 = ~bottomk_mask_unsharded(score, ks[b])
         else:
             keep1 = jnp.ones_like(w1, dtype=bool)
         w1, err1, keep1 = lax.fori_loop(

@@ -24,9 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcomp.core.errors import check_in_range, list_paths
+from jaxcomp.ops.kth import bottomk_mask_unsharded, num_pruned
 from jaxcomp.prune.obs import (
     _rel_err,
-    _smallest_k,
     accumulate_hessian,
     conv_kernel_2d,
     conv_kernel_nd,
@@ -35,7 +35,6 @@ from jaxcomp.prune.obs import (
     sparsegpt_prune,
 )
 from jaxcomp.prune.patterns import NM, as_pattern
-from jaxcomp.prune.threshold import num_pruned
 from jaxcomp.select import selectors as _sel
 from jaxcomp.select.leafrules import per_leaf
 from jaxcomp.select.paths import path_str
@@ -169,7 +168,7 @@ def _check_sparsity(value: Any, label: str) -> Any:
 def _errors(w, w_new, h, k, *, nm):
     """Relative errors of ``w_new`` and of magnitude pruning (k smallest, or N:M) of ``w``."""
     w = w.astype(jnp.float32)
-    keep = NM(*nm).mask(jnp.abs(w)) if nm is not None else ~_smallest_k(jnp.abs(w), k)
+    keep = NM(*nm).mask(jnp.abs(w)) if nm is not None else ~bottomk_mask_unsharded(jnp.abs(w), k)
     return _rel_err(w, w_new.astype(jnp.float32), h), _rel_err(w, jnp.where(keep, w, 0.0), h)
 
 

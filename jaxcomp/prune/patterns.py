@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcomp.prune.threshold import ordered_key
+from jaxcomp.ops.kth import ordered_key
 
 __all__ = ["NM", "Block", "Channel", "Pattern", "Unstructured", "as_pattern", "nm_keep"]
 

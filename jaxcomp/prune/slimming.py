@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcomp.core.errors import list_paths
-from jaxcomp.prune.threshold import check_finite, num_pruned, smallest_k_masks
+from jaxcomp.ops.kth import check_finite, num_pruned, smallest_k_masks
 from jaxcomp.select.paths import leaves_with_paths
 from jaxcomp.select.selection import Selected, flatten
 

@@ -1,4 +1,5 @@
-"""Sort-free exact selection: exactness, ties, edge cases, sharding without all-gathers."""
+"""jaxcomp.ops.kth, sort-free exact selection: exactness, ties, edge cases, sharding without
+all-gathers; the public names stay reachable through jaxcomp.prune."""
 
 import itertools
 import re
@@ -13,7 +14,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import jaxcomp.prune as jp
-from jaxcomp.prune import threshold as T
+from jaxcomp import ops
+from jaxcomp.ops import kth as T
 
 
 def oracle_bottomk(x, k):
@@ -198,3 +200,39 @@ def test_num_pruned_eager_equals_jit_for_any_float32_sparsity(bits, n):
 
 
 _NUM_PRUNED_JIT = jax.jit(jp.num_pruned, static_argnums=1)
+
+
+def test_unsharded_bottomk_matches_smallest_k_masks_and_brute_force():
+    rng = np.random.default_rng(0)
+    sel = jax.jit(T.bottomk_mask_unsharded)
+    for _ in range(40):  # many ties: small integers with signs and zeros
+        s = jnp.asarray(rng.integers(-3, 4, size=(3, 7)).astype(np.float32))
+        k = int(rng.integers(0, 22))
+        got = sel(s, jnp.int32(k))
+        np.testing.assert_array_equal(got, T.smallest_k_masks([s], [k])[0])
+        np.testing.assert_array_equal(got, oracle_bottomk(s, k))
+    # inside a scan body (its purpose), per row
+    xs = jnp.asarray(rng.normal(size=(4, 9)).astype(np.float32))
+    _, rows = jax.lax.scan(lambda c, r: (c, T.bottomk_mask_unsharded(r, 3)), 0, xs)
+    np.testing.assert_array_equal(rows, np.stack([oracle_bottomk(r, 3) for r in np.asarray(xs)]))
+
+
+def test_is_tracer_and_validate_sparsity():
+    assert not T.is_tracer(jnp.ones(2)) and not T.is_tracer(0.5)
+    assert bool(jax.jit(T.is_tracer)(jnp.ones(2)))
+    T.validate_sparsity(0.0)
+    T.validate_sparsity(0.999)
+    jax.jit(lambda s: T.validate_sparsity(s) or s)(2.0)  # traced: cannot be inspected
+    for bad in (1.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="keep_ratio"):
+            T.validate_sparsity(bad, "keep_ratio")
+
+
+def test_prune_reexports_the_ops_kernels_unchanged():
+    assert jp.threshold is T and jp.ste is ops.ste
+    for name in ("bottomk_mask", "check_finite", "count_true", "kth_smallest", "num_pruned",
+                 "smallest_k_masks", "threshold_mask", "topk_mask"):
+        assert getattr(jp, name) is getattr(T, name) is getattr(ops, name)
+    for name in ("masked_weight", "ste_masked_weight", "sr_ste_masked_weight"):
+        assert getattr(jp, name) is getattr(ops.ste, name) is getattr(ops, name)
+    assert T.ordered_key.__module__ == "jaxcomp.ops.kth"

@@ -1,8 +1,9 @@
-"""Sort-free, exact k-th-smallest selection for pruning masks.
+"""Sort-free, exact k-th-smallest selection: masks, thresholds, counts.
 
 Every pruning mask in :mod:`jaxcomp.prune` comes from one primitive: "mark the
 ``k`` smallest scores" over one array or over a group of arrays (a global
-threshold). Sorting a sharded array all-gathers it, and a global top-k over a
+threshold); percentile calibration and any other "the k-th value of a
+sharded array" question use the same kernels. Sorting a sharded array all-gathers it, and a global top-k over a
 concatenated model is the worst case, so nothing here sorts, calls
 ``lax.top_k`` or concatenates leaves. Instead:
 
@@ -39,10 +40,9 @@ most ``2**31 - 1`` selected elements in total.
 
 from __future__ import annotations
 
-from fractions import Fraction
-
 import functools
 from collections.abc import Sequence
+from fractions import Fraction
 from typing import Any
 
 import jax
@@ -51,18 +51,22 @@ import numpy as np
 from jax import lax
 
 from jaxcomp.core.errors import check_in_range
+from jaxcomp.select.paths import leaves_with_paths
 
 __all__ = [
     "DEFAULT_WAYS",
     "bottomk_mask",
+    "bottomk_mask_unsharded",
     "check_finite",
     "count_true",
+    "is_tracer",
     "kth_smallest",
     "num_pruned",
     "ordered_key",
     "smallest_k_masks",
     "threshold_mask",
     "topk_mask",
+    "validate_sparsity",
 ]
 
 #: Pivots per pass are ``ways - 1``; 2 ways is plain bisection (one count per pass),
@@ -75,7 +79,14 @@ _SIGN = np.uint32(0x80000000)
 _INT32_MAX = 2**31 - 1
 
 
-def _is_tracer(x: Any) -> bool:
+def is_tracer(x: Any) -> bool:
+    """Whether ``x`` is a traced value (inside ``jit``, ``grad``, ...), not a concrete one.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> is_tracer(jnp.ones(2)), jax.jit(lambda x: is_tracer(x))(jnp.ones(2))
+      (False, Array(True, dtype=bool))
+    """
     return isinstance(x, jax.core.Tracer)
 
 
@@ -198,7 +209,7 @@ def num_pruned(sparsity: Any, size: int) -> Any:
     if not 0 <= int(size) < 2**31:
         raise ValueError(f"num_pruned: size={size} must lie in [0, 2**31)")
     size = int(size)
-    if _is_tracer(sparsity) or isinstance(sparsity, jax.Array) and not _concrete_scalar(sparsity):
+    if is_tracer(sparsity) or isinstance(sparsity, jax.Array) and not _concrete_scalar(sparsity):
         s = jnp.asarray(sparsity, jnp.float32)
         m = jnp.round(s * np.float32(_DECIMALS))
         is_decimal = (m >= 0) & (m <= _DECIMALS) & (
@@ -240,10 +251,8 @@ def check_finite(tree: Any, what: str = "scores") -> None:
         ...
       ValueError: scores at 'w' contain NaN or Inf (1 of 2 values); ...
     """
-    from jaxcomp.select.paths import leaves_with_paths
-
     for p, leaf in leaves_with_paths(tree):
-        if _is_tracer(leaf) or not hasattr(leaf, "dtype"):
+        if is_tracer(leaf) or not hasattr(leaf, "dtype"):
             continue
         if not jnp.issubdtype(leaf.dtype, jnp.floating):
             continue
@@ -447,14 +456,26 @@ def _smallest_k_kernel(scores, ks, groups, n_groups, ways):
     return out
 
 
-def _validate_sparsity(sparsity: Any, what: str = "sparsity") -> None:
-    if _is_tracer(sparsity):
+def validate_sparsity(sparsity: Any, what: str = "sparsity") -> None:
+    """Raises ``ValueError`` naming ``what`` unless a concrete ``sparsity`` lies in ``[0, 1)``.
+
+    A traced sparsity cannot be inspected and passes (the mask functions then
+    treat it as given).
+
+    Example:
+      >>> validate_sparsity(0.5)
+      >>> validate_sparsity(1.0)
+      Traceback (most recent call last):
+        ...
+      ValueError: sparsity=1.0 is outside [0.0, 1.0)
+    """
+    if is_tracer(sparsity):
         return
     check_in_range(what, float(sparsity), 0.0, 1.0, high_inclusive=False)
 
 
 def _maybe_check(scores: Any, check: bool) -> None:
-    if check and not _is_tracer(scores):
+    if check and not is_tracer(scores):
         check_finite(scores)
 
 
@@ -496,7 +517,7 @@ def topk_mask(scores: jax.typing.ArrayLike, k: Any, *, check_finite: bool = True
     scores = jnp.asarray(scores)
     n = scores.size
     _check_k(k, n)
-    if check_finite and not _is_tracer(scores) and bool(jnp.any(jnp.isnan(scores))):
+    if check_finite and not is_tracer(scores) and bool(jnp.any(jnp.isnan(scores))):
         raise ValueError("topk_mask: scores contain NaN; replace them (jnp.nan_to_num) first")
     return ~smallest_k_masks([scores], [n - k])[0]
 
@@ -523,7 +544,7 @@ def threshold_mask(
       [True, False, False, True]
     """
     scores = jnp.asarray(scores)
-    _validate_sparsity(sparsity)
+    validate_sparsity(sparsity)
     _maybe_check(scores, check_finite)
     return ~smallest_k_masks([scores], [num_pruned(sparsity, scores.size)])[0]
 
@@ -537,7 +558,7 @@ def kth_smallest(scores: jax.typing.ArrayLike, k: Any) -> jax.Array:
       2.0
     """
     scores = jnp.asarray(scores)
-    if not _is_tracer(k) and not 1 <= int(k) <= scores.size:
+    if not is_tracer(k) and not 1 <= int(k) <= scores.size:
         raise ValueError(f"kth_smallest: k={k} must lie in [1, {scores.size}]")
     key = ordered_key(scores)
     t = _search([lambda: key], [0], 1, jnp.asarray([k]), DEFAULT_WAYS)
@@ -545,8 +566,41 @@ def kth_smallest(scores: jax.typing.ArrayLike, k: Any) -> jax.Array:
 
 
 def _check_k(k: Any, n: int) -> None:
-    if _is_tracer(k):
+    if is_tracer(k):
         return
     if isinstance(k, bool) or int(k) != k or not 0 <= int(k) <= n:
         raise ValueError(f"k={k!r} must be an integer in [0, {n}] (the array has {n} elements)")
 
+
+
+def bottomk_mask_unsharded(scores: jax.Array, k: Any) -> jax.Array:
+    """True at exactly ``k`` smallest scores (ties: lowest flat index first), for loop bodies.
+
+    The selection of :func:`bottomk_mask` in a form that compiles quickly
+    inside a ``lax.scan``/``fori_loop`` body: a fixed 32-pass bisection on
+    :func:`ordered_key` (no ``while_loop``) and a cumulative sum over the
+    tied elements. The cumulative sum runs over the flattened array, which
+    gathers a sharded array: use it on blocks held by one device (a layer
+    solver's column block), and :func:`smallest_k_masks` elsewhere. No
+    checks: ``k`` must lie in ``[0, scores.size]``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> bottomk_mask_unsharded(jnp.array([1.0, 1.0, 0.5, 1.0]), 2).tolist()
+      [True, False, True, False]
+    """
+    scores = jnp.asarray(scores)
+    key = ordered_key(scores)
+
+    def step(_, lohi):
+        lo, hi = lohi
+        mid = lo + (hi - lo) // np.uint32(2)
+        ok = jnp.sum(key <= mid, dtype=jnp.int32) >= k
+        return jnp.where(ok, lo, mid + np.uint32(1)), jnp.where(ok, mid, hi)
+
+    _, t = lax.fori_loop(0, 32, step, (jnp.uint32(0), jnp.uint32(_U32_MAX)))
+    below = key < t
+    need = k - jnp.sum(below, dtype=jnp.int32)
+    tie = (key == t).reshape(-1)
+    rank = jnp.cumsum(tie, dtype=jnp.int32) - 1
+    return below | (tie & (rank < need)).reshape(scores.shape)

@@ -1,0 +1,69 @@
+"""Kernels shared by the compression families, below all of them.
+
+* :mod:`~jaxcomp.ops.kth`: sort-free, exact k-th-smallest selection —
+  :func:`smallest_k_masks` (one threshold per array or per group of arrays),
+  :func:`topk_mask` / :func:`bottomk_mask`, :func:`threshold_mask`,
+  :func:`kth_smallest`, :func:`num_pruned` (the rounding rule),
+  :func:`ordered_key` (floats as order-preserving ``uint32``), with scalar
+  counts only, so they run under ``jit`` on sharded arrays without
+  all-gathers.
+* :mod:`~jaxcomp.ops.ste`: masked forward views and straight-through
+  gradients (:func:`masked_weight`, :func:`ste_masked_weight`,
+  :func:`sr_ste_masked_weight`, :func:`mask_view`).
+
+Nothing here imports a family (``prune``, ``distill``, ``metrics``, ...);
+the families import from here.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> from jaxcomp import ops
+  >>> ops.topk_mask(jnp.array([0.1, 0.9, 0.5, 0.7]), 2).tolist()
+  [False, True, False, True]
+"""
+
+from jaxcomp.ops import kth, ste
+from jaxcomp.ops.kth import (
+    DEFAULT_WAYS,
+    bottomk_mask,
+    bottomk_mask_unsharded,
+    check_finite,
+    count_true,
+    is_tracer,
+    kth_smallest,
+    num_pruned,
+    ordered_key,
+    smallest_k_masks,
+    threshold_mask,
+    topk_mask,
+    validate_sparsity,
+)
+from jaxcomp.ops.ste import (
+    MODES,
+    mask_view,
+    masked_weight,
+    sr_ste_masked_weight,
+    ste_masked_weight,
+)
+
+__all__ = [
+    "DEFAULT_WAYS",
+    "MODES",
+    "bottomk_mask",
+    "bottomk_mask_unsharded",
+    "check_finite",
+    "count_true",
+    "is_tracer",
+    "kth",
+    "kth_smallest",
+    "mask_view",
+    "masked_weight",
+    "num_pruned",
+    "ordered_key",
+    "smallest_k_masks",
+    "sr_ste_masked_weight",
+    "ste",
+    "ste_masked_weight",
+    "threshold_mask",
+    "topk_mask",
+    "validate_sparsity",
+]
