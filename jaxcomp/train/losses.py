@@ -17,7 +17,7 @@ import optax
 from jax.typing import ArrayLike
 
 from jaxcomp.core.errors import check_in_range
-from jaxcomp.train.adapters import ADAPTER_HINT, check_apply_fn
+from jaxcomp.core.apply_fns import ADAPTER_HINT, check_apply_fn
 
 __all__ = ["LossFn", "batch_mask", "masked_mean", "supervised_loss"]
 
