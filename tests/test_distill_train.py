@@ -401,3 +401,22 @@ def test_builder_errors(pair):
         bad_path.init_params(KEY, sv["params"], batch["x"][:1])
     with pytest.raises(ValueError, match="batch_size"):
         precompute_logits(t.apply_fn, tv, batch["x"], batch_size=0)
+
+
+def test_plain_flax_models_get_the_adapter_hint():
+    import jaxcomp as jc
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(3)(x)
+
+    net = Net()
+    variables = net.init(jax.random.key(0), jnp.ones((1, 4)))
+    with pytest.raises(TypeError, match=r"student_apply: got a flax.linen Module.*linen_apply"):
+        jc.distill.distillation_loss(net, jc.train.linen_apply(net), variables)
+    with pytest.raises(TypeError, match=r"teacher_apply: got Net.apply.*linen_apply"):
+        jc.distill.distillation_loss(jc.train.linen_apply(net), net.apply, variables)
+    loss = jc.distill.distillation_loss(jc.train.linen_apply(net), jc.train.linen_apply(net),
+                                        variables)
+    assert callable(loss)

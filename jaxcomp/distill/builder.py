@@ -37,6 +37,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxcomp.core.apply_fns import check_apply_fn
 from jaxcomp.distill import features as F
 from jaxcomp.distill import relational as R
 from jaxcomp.distill._common import (
@@ -443,6 +444,7 @@ def distillation_loss(
         raise ValueError(f"kind must be 'kl' or 'ce', got {kind!r}")
     if not callable(student_apply):
         raise TypeError("student_apply must be callable (e.g. ModelSpec.apply_fn)")
+    check_apply_fn(student_apply, "student_apply")
     if teachers is not None:
         if teacher_apply is not None or teacher_variables is not None:
             raise ValueError(
@@ -461,6 +463,9 @@ def distillation_loss(
             "teacher_apply must be callable (e.g. ModelSpec.apply_fn); pass precomputed=True "
             "to read batch['teacher_logits'] instead"
         )
+    if not precomputed:
+        for i, (a, _) in enumerate(teachers):
+            check_apply_fn(a, "teacher_apply" if len(teachers) == 1 else f"teachers[{i}]")
     hints, attention = norm_pairs("hints", hints), norm_pairs("attention", attention)
     fsp = norm_pairs("fsp", fsp)
     for i, (spair, _) in enumerate(fsp):
