@@ -36,8 +36,7 @@ import optax
 import jaxcomp as jc
 import jaxcomp.prune as jp
 from jaxcomp import models
-from jaxcomp.prune.dst import rigl_pruning
-from jaxcomp.prune.optim_reset import reset_regrown
+from jaxcomp.prune import reset_regrown, rigl_pruning
 from jaxcomp.train import TrainState, make_train_step, supervised_loss
 
 

@@ -45,9 +45,7 @@ import optax
 
 from jaxcomp.data import mnist5k
 from jaxcomp.models import get_model
-from jaxcomp.prune.masks import magnitude_mask
-from jaxcomp.prune.obs_model import obs_prune
-from jaxcomp.prune.patterns import NM
+from jaxcomp.prune import NM, magnitude_mask, obs_prune
 
 
 def _train(spec, ds, epochs, key):

@@ -39,8 +39,7 @@ import numpy as np
 
 from jaxcomp import metrics
 from jaxcomp.models import VGG_SMALL_CFG, get_model
-from jaxcomp.prune import channel_mask
-from jaxcomp.prune.surgery import remove_channels, zero_channels
+from jaxcomp.prune import channel_mask, remove_channels, zero_channels
 
 
 def main() -> None:

@@ -8,8 +8,8 @@ import pytest
 
 import jaxcomp as jc
 from jaxcomp.models import get_model
-from jaxcomp.prune.dst import drop_fraction, rigl_pruning, set_pruning
-from jaxcomp.prune.optim_reset import moment_paths, reset_optimizer_state, reset_regrown
+from jaxcomp.prune.compressors.dst import drop_fraction, rigl_pruning, set_pruning
+from jaxcomp.prune.compressors.optim_reset import moment_paths, reset_optimizer_state, reset_regrown
 from jaxcomp.train import TrainState, make_train_step, supervised_loss
 
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxcomp as jc
-from jaxcomp.prune.lottery import (
+from jaxcomp.prune.compressors.lottery import (
     fixed_mask,
     imp_round_masks,
     lottery_ticket,

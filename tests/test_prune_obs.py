@@ -1,4 +1,4 @@
-"""Tests for jaxcomp.prune.obs: OBS oracle, SparseGPT layer solver, Hessians, model driver."""
+"""Tests for jaxcomp.prune.oneshot.obs: OBS oracle, SparseGPT layer solver, Hessians, model driver."""
 
 import itertools
 
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import jaxcomp as jc
 from jaxcomp.models import mlp
 from jaxcomp.prune.masks import magnitude_mask
-from jaxcomp.prune.obs import (
+from jaxcomp.prune.oneshot.obs import (
     accumulate_hessian,
     conv_kernel_2d,
     conv_patches,
@@ -23,7 +23,7 @@ from jaxcomp.prune.obs import (
     reconstruction_error,
     sparsegpt_prune,
 )
-from jaxcomp.prune.obs_model import obs_prune
+from jaxcomp.prune.oneshot.obs_model import obs_prune
 from jaxcomp.prune.patterns import NM
 
 
@@ -417,7 +417,7 @@ def test_obs_prune_sparsity_rule_forms_and_compressed_leaves():
 
 
 def test_block_counts_sum_exactly():
-    from jaxcomp.prune.obs import _block_counts
+    from jaxcomp.prune.oneshot.obs import _block_counts
 
     for s, n, o, bs in itertools.product((0.1, 0.33, 0.5, 0.77), (7, 16, 33), (1, 3), (4, 128)):
         assert sum(_block_counts(s, n, o, bs)) == round(s * n * o)

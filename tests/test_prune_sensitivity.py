@@ -1,4 +1,4 @@
-"""Tests for jaxcomp.prune.sensitivity."""
+"""Tests for jaxcomp.prune.oneshot.sensitivity."""
 
 import json
 import re
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from jaxcomp.prune.masks import magnitude_mask
+from jaxcomp.prune.oneshot.sensitivity import SensitivityTable, sensitivity_scan
 from jaxcomp.prune.patterns import NM
-from jaxcomp.prune.sensitivity import SensitivityTable, sensitivity_scan
 
 
 def _params():

@@ -9,13 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxcomp.models import get_model
-from jaxcomp.prune.slimming import (
+from jaxcomp.prune.channels.slimming import (
     scale_to_kernel_masks,
     slimming_masks,
     slimming_penalty,
     slimming_regularizer,
 )
-from jaxcomp.prune.ssl import (
+from jaxcomp.prune.channels.ssl import (
     channel_lasso,
     depth_lasso,
     filter_lasso,

@@ -8,7 +8,7 @@ import pytest
 
 from jaxcomp import metrics
 from jaxcomp.models import get_model
-from jaxcomp.prune.surgery import channel_dependencies, remove_channels, zero_channels
+from jaxcomp.prune.channels.surgery import channel_dependencies, remove_channels, zero_channels
 
 
 class CNN(nn.Module):

@@ -1,4 +1,4 @@
-"""Tests for jaxcomp.prune.thinet: greedy / LASSO channel selection and refits."""
+"""Tests for jaxcomp.prune.oneshot.thinet: greedy / LASSO channel selection and refits."""
 
 import itertools
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxcomp.models import mlp
-from jaxcomp.prune.thinet import (
+from jaxcomp.prune.oneshot.thinet import (
     channel_gram,
     greedy_channel_selection,
     lasso_channel_selection,

@@ -1,6 +1,7 @@
 """Pruning and sparsity: scores × allocation × pattern × schedule, sharding-native.
 
-Four independent axes make every pruning method of the literature:
+Four independent axes make every pruning method of the literature; they and
+the masks they make sit at the top of the package:
 
 * **scores** (:mod:`jaxcomp.prune.scores`): magnitude, random, saliency
   ``|w·g|``, movement ``-Σ w·g``, OBD ``½ h w²`` (Hutchinson, exact or Fisher
@@ -10,23 +11,28 @@ Four independent axes make every pruning method of the literature:
 * **patterns** (:mod:`jaxcomp.prune.patterns`): unstructured, N:M, blocks,
   channels;
 * **schedules** (:mod:`jaxcomp.prune.schedules`): constant, one-shot,
-  iterative, polynomial (Zhu & Gupta), or any optax schedule.
+  iterative, polynomial (Zhu & Gupta), or any optax schedule;
+* **masks** (:mod:`jaxcomp.prune.masks`): keep-masks of trees and arrays
+  from the axes; :mod:`jaxcomp.prune.summary` tabulates sparsity per path.
 
-Beyond the four axes: dynamic sparse training (:mod:`~jaxcomp.prune.dst`:
-SET, RigL; :mod:`~jaxcomp.prune.optim_reset` resets optimizer moments of
-regrown weights for any optax optimizer), lottery tickets
-(:mod:`~jaxcomp.prune.lottery`), network slimming and structured sparsity
-learning (:mod:`~jaxcomp.prune.slimming`, :mod:`~jaxcomp.prune.ssl`),
-one-shot layer-wise pruning with calibration data (:mod:`~jaxcomp.prune.obs`
-SparseGPT/OBS, :mod:`~jaxcomp.prune.thinet`), sensitivity scans
-(:mod:`~jaxcomp.prune.sensitivity`) and channel surgery that makes a
-physically smaller model (:mod:`~jaxcomp.prune.surgery`).
+The methods built on them live in three rooms:
 
-:func:`pruning_optimizer` wraps any optax optimizer so that it carries a
-pruning compressor's state, counts the schedule's steps and keeps pruned
-weights exactly zero inside its own update (:mod:`~jaxcomp.prune.optimizer`).
-:func:`host_scheduled` lets a Python training loop decide when masks change,
-so that the jitted step holds no ``lax.cond`` at all (:mod:`~jaxcomp.prune.host`).
+* :mod:`jaxcomp.prune.compressors` — pruning during training, as
+  compressors: the shared engine and the score-based factories
+  (:func:`magnitude_pruning`, ``random``, ``saliency``, ``movement``,
+  ``obd``), dynamic sparse training (SET, RigL), lottery tickets
+  (:func:`fixed_mask` holds a mask through a round), optimizer-moment resets
+  for regrown weights (:func:`reset_regrown`, any optax optimizer), and the
+  loop glue: :func:`pruning_optimizer` (an optax optimizer that carries the
+  pruning state and keeps pruned weights exactly zero inside its own update)
+  and :func:`host_scheduled` (the Python loop decides when masks change, so
+  the jitted step holds no ``lax.cond``);
+* :mod:`jaxcomp.prune.oneshot` — one-shot pruning with calibration data:
+  OBS/SparseGPT (solver and model driver), ThiNet / LASSO channel selection,
+  sensitivity scans;
+* :mod:`jaxcomp.prune.channels` — structured channel methods: network
+  slimming, SSL group lasso, and channel surgery that makes a physically
+  smaller model.
 
 Thresholds are exact and sort-free (:mod:`jaxcomp.ops.kth`, also reachable
 as ``jaxcomp.prune.threshold``): a bisection on the float bit patterns with
@@ -65,9 +71,53 @@ from jaxcomp.ops.kth import (
     topk_mask,
 )
 from jaxcomp.ops.ste import masked_weight, sr_ste_masked_weight, ste_masked_weight
-from jaxcomp.prune import allocation, patterns, schedules, scores
+from jaxcomp.prune import allocation, channels, compressors, oneshot, patterns, schedules, scores
 from jaxcomp.prune.allocation import erk_densities, erk_sparsities, path_sparsities
-from jaxcomp.prune.compressors import (
+from jaxcomp.prune.channels.slimming import (
+    scale_to_kernel_masks,
+    slimming_masks,
+    slimming_penalty,
+    slimming_regularizer,
+)
+from jaxcomp.prune.channels.ssl import (
+    channel_lasso,
+    depth_lasso,
+    filter_lasso,
+    group_lasso,
+    group_norms,
+    shape_lasso,
+    ssl_regularizer,
+)
+from jaxcomp.prune.channels.surgery import (
+    ChannelGroup,
+    SurgeryResult,
+    channel_dependencies,
+    remove_channels,
+    zero_channels,
+)
+from jaxcomp.prune.compressors.dst import (
+    DSTState,
+    drop_fraction,
+    rigl_pruning,
+    set_pruning,
+)
+from jaxcomp.prune.compressors.host import HostScheduled, host_scheduled
+from jaxcomp.prune.compressors.lottery import (
+    LotteryResult,
+    fixed_mask,
+    imp_round_masks,
+    lottery_ticket,
+    random_ticket,
+    rewind,
+)
+from jaxcomp.prune.compressors.optim_reset import (
+    ResetRegrownState,
+    moment_paths,
+    reset_optimizer_state,
+    reset_regrown,
+)
+from jaxcomp.prune.compressors.optimizer import PruningOptimizerState, pruning_optimizer
+from jaxcomp.prune.compressors.score_based import (
     MagnitudePruningState,
     MovementPruningState,
     ObdPruningState,
@@ -79,21 +129,6 @@ from jaxcomp.prune.compressors import (
     random_pruning,
     saliency_pruning,
 )
-from jaxcomp.prune.dst import (
-    DSTState,
-    drop_fraction,
-    rigl_pruning,
-    set_pruning,
-)
-from jaxcomp.prune.host import HostScheduled, host_scheduled
-from jaxcomp.prune.lottery import (
-    LotteryResult,
-    fixed_mask,
-    imp_round_masks,
-    lottery_ticket,
-    random_ticket,
-    rewind,
-)
 from jaxcomp.prune.masks import (
     MaskConfig,
     apply_masks,
@@ -104,7 +139,7 @@ from jaxcomp.prune.masks import (
     nm_mask,
     score_mask,
 )
-from jaxcomp.prune.obs import (
+from jaxcomp.prune.oneshot.obs import (
     HessianState,
     accumulate_hessian,
     init_hessian,
@@ -113,18 +148,23 @@ from jaxcomp.prune.obs import (
     reconstruction_error,
     sparsegpt_prune,
 )
-from jaxcomp.prune.obs_model import (
+from jaxcomp.prune.oneshot.obs_model import (
     ObsLayerStats,
     ObsPruneResult,
     obs_prune,
 )
-from jaxcomp.prune.optim_reset import (
-    ResetRegrownState,
-    moment_paths,
-    reset_optimizer_state,
-    reset_regrown,
+from jaxcomp.prune.oneshot.sensitivity import (
+    SensitivityTable,
+    sensitivity_scan,
 )
-from jaxcomp.prune.optimizer import PruningOptimizerState, pruning_optimizer
+from jaxcomp.prune.oneshot.thinet import (
+    ChannelPruneResult,
+    greedy_channel_selection,
+    lasso_channel_selection,
+    least_squares_refit,
+    thinet_prune,
+    thinet_prune_layer,
+)
 from jaxcomp.prune.patterns import NM, Block, Channel, Unstructured
 from jaxcomp.prune.schedules import (
     Schedule,
@@ -136,41 +176,7 @@ from jaxcomp.prune.schedules import (
     polynomial_schedule,
 )
 from jaxcomp.prune.scores import exact_hessian_diag, fisher_diag, hutchinson_diag
-from jaxcomp.prune.sensitivity import (
-    SensitivityTable,
-    sensitivity_scan,
-)
-from jaxcomp.prune.slimming import (
-    scale_to_kernel_masks,
-    slimming_masks,
-    slimming_penalty,
-    slimming_regularizer,
-)
-from jaxcomp.prune.ssl import (
-    channel_lasso,
-    depth_lasso,
-    filter_lasso,
-    group_lasso,
-    group_norms,
-    shape_lasso,
-    ssl_regularizer,
-)
 from jaxcomp.prune.summary import SparsityRow, SparsitySummary, sparsity_summary
-from jaxcomp.prune.surgery import (
-    ChannelGroup,
-    SurgeryResult,
-    channel_dependencies,
-    remove_channels,
-    zero_channels,
-)
-from jaxcomp.prune.thinet import (
-    ChannelPruneResult,
-    greedy_channel_selection,
-    lasso_channel_selection,
-    least_squares_refit,
-    thinet_prune,
-    thinet_prune_layer,
-)
 
 __all__ = [
     "NM",
@@ -207,7 +213,9 @@ __all__ = [
     "channel_dependencies",
     "channel_lasso",
     "channel_mask",
+    "channels",
     "check_finite",
+    "compressors",
     "constant_schedule",
     "count_true",
     "cubic_schedule",
@@ -244,6 +252,7 @@ __all__ = [
     "obs_prune",
     "obs_remove",
     "one_shot_schedule",
+    "oneshot",
     "path_sparsities",
     "patterns",
     "polynomial_schedule",

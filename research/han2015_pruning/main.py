@@ -35,8 +35,7 @@ import numpy as np
 from jaxcomp import metrics, studies
 from jaxcomp.config import ConfigError, build_compressor
 from jaxcomp.experiment import build_model, load_data, mean_std, train_supervised
-from jaxcomp.prune import magnitude_mask
-from jaxcomp.prune.lottery import fixed_mask, rewind
+from jaxcomp.prune import fixed_mask, magnitude_mask, rewind
 from jaxcomp.studies import by_sign, markdown_table, plain, words
 
 STUDY = "han2015_pruning"

@@ -1,6 +1,6 @@
 """Lottery tickets on MNIST-1D: ticket vs dense vs random mask, per IMP round.
 
-Per seed: θ0 from the model init; ``jaxcomp.prune.lottery.lottery_ticket``
+Per seed: θ0 from the model init; ``jaxcomp.prune.lottery_ticket``
 drives the rounds, each training with the round's mask held fixed by
 ``fixed_mask`` (masked view + ``keep_compressed``) from the rewound
 survivors, with the same data order every round. With ``rewind_step = k >
@@ -24,7 +24,7 @@ import jax
 
 from jaxcomp import studies
 from jaxcomp.experiment import build_model, figure, load_data, mean_std, train_supervised
-from jaxcomp.prune.lottery import fixed_mask, lottery_ticket, random_ticket, rewind
+from jaxcomp.prune import fixed_mask, lottery_ticket, random_ticket, rewind
 from jaxcomp.studies import by_sign, fmt_ms, markdown_table, plain, signed
 
 STUDY = "lottery_ticket_mnist1d"

@@ -31,8 +31,12 @@ import numpy as np
 from jaxcomp import metrics, studies
 from jaxcomp.experiment import figure, load_data, mean_std, train_supervised
 from jaxcomp.models import ModelSpec
-from jaxcomp.prune.slimming import scale_to_kernel_masks, slimming_masks, slimming_regularizer
-from jaxcomp.prune.surgery import remove_channels
+from jaxcomp.prune import (
+    remove_channels,
+    scale_to_kernel_masks,
+    slimming_masks,
+    slimming_regularizer,
+)
 from jaxcomp.studies import by_sign, markdown_table, signed
 from jaxcomp.train import supervised_loss
 

@@ -18,8 +18,8 @@ independent least-squares problem sharing the Hessian ``H = 2 XᵀX / n``.
   ``m`` for N:M patterns.
 * :func:`init_hessian` / :func:`accumulate_hessian` / :func:`layer_hessian`
   — streaming ``H`` over calibration chunks.
-* :func:`jaxcomp.prune.obs_model.obs_prune` — the model-level driver (see
-  its docstring for the memory bound).
+* :func:`jaxcomp.prune.oneshot.obs_model.obs_prune` — the model-level driver
+  (see its docstring for the memory bound).
 
 Convolutions are handled by im2col (:func:`conv_patches`): a Flax ``Conv``
 kernel ``(*k, cin, cout)`` is the Dense kernel ``(cin·prod(k), cout)`` acting

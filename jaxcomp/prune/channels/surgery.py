@@ -7,8 +7,8 @@ follower (bias, BatchNorm scale/shift/statistics, depthwise kernels) loses
 the same entries, and every consumer kernel loses the matching input rows
 (for a flatten of ``H×W×C`` feeding a Dense layer, every ``H·W`` position of
 the removed channel). The dependencies come from tracing the model's
-function (:mod:`jaxcomp.prune.surgery_graph`), so residual additions couple
-the groups they join; a coupled group keeps a channel when *any* of its
+function (:mod:`jaxcomp.prune.channels.surgery_graph`), so residual additions
+couple the groups they join; a coupled group keeps a channel when *any* of its
 producers' masks keeps it (the union), so outputs are never changed by the
 coupling. The new widths per producer module come back with the result so
 the model can be rebuilt at its new size (Flax checks parameter shapes
@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcomp.core.errors import list_paths
-from jaxcomp.prune.surgery_graph import ChannelGroup, trace_groups
+from jaxcomp.prune.channels.surgery_graph import ChannelGroup, trace_groups
 from jaxcomp.select.paths import is_leaf, path_str
 
 __all__ = ["ChannelGroup", "SurgeryResult", "channel_dependencies", "remove_channels",
@@ -85,7 +85,7 @@ def channel_dependencies(apply_fn: Callable[..., Any], variables: Any, *args: An
                          ) -> list[ChannelGroup]:
     """The coupled channel groups of ``apply_fn(variables, *args)``.
 
-    Each :class:`~jaxcomp.prune.surgery_graph.ChannelGroup` lists its
+    Each :class:`~jaxcomp.prune.channels.surgery_graph.ChannelGroup` lists its
     producers, followers, consumers and, when its channels cannot be
     removed, why (``blocked``).
 

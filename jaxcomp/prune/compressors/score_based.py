@@ -61,7 +61,7 @@ import jax.numpy as jnp
 
 from jaxcomp.core.base import Compressor
 from jaxcomp.prune import scores as _scores
-from jaxcomp.prune.engine import build_pruning, masks_info, nm_sparsity_check
+from jaxcomp.prune.compressors.engine import build_pruning, masks_info, nm_sparsity_check
 from jaxcomp.prune.masks import MaskConfig, apply_masks
 from jaxcomp.prune.patterns import NM
 from jaxcomp.prune.schedules import Schedule, as_schedule

@@ -8,7 +8,7 @@ last classifier) take less. :func:`sensitivity_scan` produces that table
 for any user evaluation function; :meth:`SensitivityTable.suggest` turns it
 into a ``{regex: sparsity}`` map accepted by every ``allocation=`` argument
 (``magnitude_pruning``, ``magnitude_mask``) and by
-:func:`jaxcomp.prune.obs.obs_prune`.
+:func:`jaxcomp.prune.oneshot.obs_model.obs_prune`.
 
 References:
   Han, Pool, Tran & Dally, Learning both weights and connections for

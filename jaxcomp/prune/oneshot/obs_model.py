@@ -3,8 +3,8 @@
 Walks a Flax linen model's Dense and Conv layers in forward order, captures
 each selected layer's inputs on calibration data (from the already-pruned
 model, as SparseGPT does), accumulates the layer Hessian chunk by chunk and
-prunes the kernel with :func:`jaxcomp.prune.obs.sparsegpt_prune`. The
-capture helpers here are shared with :mod:`jaxcomp.prune.thinet`.
+prunes the kernel with :func:`jaxcomp.prune.oneshot.obs.sparsegpt_prune`. The
+capture helpers here are shared with :mod:`jaxcomp.prune.oneshot.thinet`.
 
 References:
   Frantar & Alistarh, SparseGPT: massive language models can be accurately
@@ -25,7 +25,7 @@ import numpy as np
 
 from jaxcomp.core.errors import check_in_range, list_paths
 from jaxcomp.ops.kth import bottomk_mask_unsharded, num_pruned
-from jaxcomp.prune.obs import (
+from jaxcomp.prune.oneshot.obs import (
     _rel_err,
     accumulate_hessian,
     conv_kernel_2d,
@@ -211,7 +211,7 @@ def obs_prune(
       sparsity: fraction in ``[0, 1)`` for every selected kernel, a
         ``{regex: sparsity}`` map (full match on the path, first match wins;
         every selected kernel must match and every regex must match one;
-        e.g. from :meth:`~jaxcomp.prune.sensitivity.SensitivityTable.suggest`),
+        e.g. from :meth:`~jaxcomp.prune.oneshot.sensitivity.SensitivityTable.suggest`),
         a callable ``(path, kernel) -> sparsity`` (see
         :func:`jaxcomp.select.per_leaf`), or ``None`` with an N:M pattern.
       where: kernels to prune (default: leaves named ``kernel`` with

@@ -15,8 +15,8 @@ learning rates, scalars) is left alone.
 
 * :func:`reset_optimizer_state` — the function.
 * :func:`reset_regrown` — wraps an optax optimizer so it resets moments at
-  the ``regrown`` masks of a :class:`~jaxcomp.prune.dst.DSTState` found in
-  the ``compressor_state`` it is given (as
+  the ``regrown`` masks of a :class:`~jaxcomp.prune.compressors.dst.DSTState`
+  found in the ``compressor_state`` it is given (as
   :func:`jaxcomp.train.make_train_step` passes it), once per drop/grow update.
 """
 
@@ -123,7 +123,7 @@ class ResetRegrownState(NamedTuple):
 
 
 def _find_dst_states(tree: Any) -> list[Any]:
-    from jaxcomp.prune.dst import DSTState
+    from jaxcomp.prune.compressors.dst import DSTState
 
     found = []
 
@@ -142,7 +142,8 @@ def reset_regrown(tx: optax.GradientTransformation) -> optax.GradientTransformat
 
     On each call, the ``compressor_state`` keyword (which
     :func:`jaxcomp.train.make_train_step` passes to ``tx.update``) is searched
-    for :class:`~jaxcomp.prune.dst.DSTState` entries (also inside chains);
+    for :class:`~jaxcomp.prune.compressors.dst.DSTState` entries (also inside
+    chains);
     when one has made a drop/grow update that this wrapper has not handled
     yet, the wrapped state's moments are zeroed at its ``regrown`` masks
     before ``tx`` runs. Works for any optax optimizer (see
@@ -159,7 +160,7 @@ def reset_regrown(tx: optax.GradientTransformation) -> optax.GradientTransformat
 
     Example:
       >>> import jax, jax.numpy as jnp, optax
-      >>> from jaxcomp.prune.dst import rigl_pruning
+      >>> from jaxcomp.prune.compressors.dst import rigl_pruning
       >>> params = {"w": jax.random.normal(jax.random.key(0), (4, 4))}
       >>> comp = rigl_pruning(0.5, update_every=1, end_step=5)
       >>> tx = reset_regrown(optax.sgd(0.1, momentum=0.9))

@@ -46,8 +46,8 @@ import numpy as np
 
 from jaxcomp.core.errors import check_in_range, list_paths
 from jaxcomp.ops.kth import num_pruned
-from jaxcomp.prune import obs as _obs
-from jaxcomp.prune import obs_model as _capture
+from jaxcomp.prune.oneshot import obs as _obs
+from jaxcomp.prune.oneshot import obs_model as _capture
 from jaxcomp.select.paths import path_str
 from jaxcomp.select.selection import flatten
 

@@ -3,7 +3,7 @@
 Liu et al. train with an L1 penalty ``λ Σ|γ|`` on the per-channel scales of
 the BatchNorm layers that follow convolutions, then prune the channels whose
 ``|γ|`` falls under one global threshold, and fine-tune (after physically
-removing them, see :mod:`jaxcomp.prune.surgery`).
+removing them, see :mod:`jaxcomp.prune.channels.surgery`).
 
 * :func:`slimming_penalty` — ``Σ |γ|`` over the selected scales.
 * :func:`slimming_regularizer` — wraps a training-interface loss with
@@ -197,7 +197,7 @@ def scale_to_kernel_masks(
     Returns:
       ``{producer_module_path: bool (channels,)}``, the keep vector of each
       producer's last kernel axis — the input of
-      :func:`jaxcomp.prune.surgery` style channel removal or of
+      :mod:`jaxcomp.prune.channels.surgery` style channel removal or of
       ``jaxcomp.prune.apply_masks`` after broadcasting.
 
     Example:

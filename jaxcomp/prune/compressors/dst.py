@@ -13,8 +13,8 @@ exactly what ``init`` set.
 Regrown weights start at exactly zero (RigL's choice: the network function
 does not jump). Their optimizer moments should restart too, or the moments
 a pruned weight collected meanwhile move it at once:
-:func:`jaxcomp.prune.optim_reset.reset_regrown` wraps any optax optimizer to
-zero them, using the state's ``regrown`` masks.
+:func:`~jaxcomp.prune.compressors.optim_reset.reset_regrown` wraps any optax
+optimizer to zero them, using the state's ``regrown`` masks.
 
 The growth signal. ``apply`` (the forward view) is the masked weight with a
 straight-through gradient (:func:`~jaxcomp.ops.ste.ste_masked_weight`):
@@ -53,7 +53,7 @@ from jaxcomp.core.errors import check_in_range
 from jaxcomp.ops.kth import check_finite, is_tracer, num_pruned, smallest_k_masks
 from jaxcomp.ops.ste import masked_weight, ste_masked_weight
 from jaxcomp.prune.allocation import erk_sparsities
-from jaxcomp.prune.engine import masks_info
+from jaxcomp.prune.compressors.engine import masks_info
 from jaxcomp.prune.masks import select_prunable
 
 __all__ = ["DSTState", "drop_fraction", "rigl_pruning", "set_pruning"]
@@ -257,7 +257,7 @@ def rigl_pruning(
     :func:`jaxcomp.train.make_train_step` passes: dense, thanks to the
     straight-through view, see the module docstring). Grown weights start at
     zero; wrap the optimizer in
-    :func:`~jaxcomp.prune.optim_reset.reset_regrown` to restart their
+    :func:`~jaxcomp.prune.compressors.optim_reset.reset_regrown` to restart their
     moments, and put :func:`jaxcomp.keep_compressed` last in the chain.
 
     Args:
