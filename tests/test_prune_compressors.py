@@ -57,6 +57,46 @@ def test_state_masks_view_and_info():
     assert nz(comp.project(bumped, s2)["hidden"]["kernel"]) == 48
 
 
+def test_score_based_factories_share_one_state_type():
+    p = tree()
+    g = jax.tree.map(lambda x: jnp.cos(3.0 * x), p)
+    comps = {
+        "magnitude": jp.magnitude_pruning(0.5, update_every=1),
+        "random": jp.random_pruning(0.5, key=jax.random.key(0), update_every=1),
+        "saliency": jp.saliency_pruning(0.5, update_every=1),
+        "movement": jp.movement_pruning(0.5, update_every=1),
+        "obd": jp.obd_pruning(0.5, hessian_fn=lambda q: jax.tree.map(jnp.ones_like, q),
+                              update_every=1),
+    }
+    fields = ("masks", "sparsity", "pruned_fraction", "count", "last_update", "scores")
+    for name, comp in comps.items():
+        s0 = comp.init(p)
+        _, s1 = jax.jit(lambda q, s, c=comp: c.update(q, s, step=0, grads=g))(p, s0)
+        for s in (s0, s1):
+            assert type(s) is jp.PruningState and s._fields == fields, name
+        assert jax.tree.structure(s0) == jax.tree.structure(s1), name
+        if name == "movement":  # the one factory whose scores accumulate
+            assert isinstance(s1.scores["hidden"]["bias"], jc.MaskedNode)
+            np.testing.assert_allclose(s1.scores["out"]["kernel"],
+                                       -p["out"]["kernel"] * g["out"]["kernel"], rtol=1e-6)
+        else:
+            assert s0.scores == s1.scores == jc.EmptyState(), name
+            assert jax.tree.leaves(s1.scores) == []
+        # per-path densities for the metrics, read from the state
+        info = jc.compression_info(s1)
+        assert set(info) == {"hidden/kernel", "out/kernel"}, name
+        for path, leaf in (("hidden/kernel", s1.masks["hidden"]["kernel"]),
+                           ("out/kernel", s1.masks["out"]["kernel"])):
+            assert info[path].density == pytest.approx(float(np.mean(leaf))) == 0.5, name
+    for alias in ("MagnitudePruningState", "RandomPruningState", "SaliencyPruningState",
+                  "MovementPruningState", "ObdPruningState"):
+        assert getattr(jp, alias) is jp.PruningState
+    # a state is a plain pytree: it round-trips through flatten/unflatten and jit
+    s = comps["movement"].init(p)
+    leaves, treedef = jax.tree.flatten(s)
+    assert type(jax.tree.unflatten(treedef, leaves)) is jp.PruningState
+
+
 def test_schedule_under_jit_without_retrace():
     p = tree()
     sched = jp.polynomial_schedule(0.0, 0.8, 2, 8, update_every=2)

@@ -36,7 +36,7 @@ densities to :func:`jaxcomp.metrics.analyze`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -44,7 +44,7 @@ import numpy as np
 from jax import lax
 from jax.experimental import checkify
 
-from jaxcomp.core.base import Compressor
+from jaxcomp.core.base import Compressor, EmptyState
 from jaxcomp.core.info import LeafInfo
 from jaxcomp.ops.kth import check_finite, is_tracer
 from jaxcomp.ops.ste import MODES, mask_view, masked_weight
@@ -54,7 +54,7 @@ from jaxcomp.prune.schedules import Schedule
 from jaxcomp.select.paths import leaves_with_paths
 from jaxcomp.select.selection import Selected
 
-__all__ = ["build_pruning", "masks_info"]
+__all__ = ["PruningState", "build_pruning", "masks_info"]
 
 # scorer(selection, selected_grads | None, extra, state, accumulated | None)
 #   -> list of score arrays, one per selected leaf
@@ -71,10 +71,48 @@ def masks_info(masks: Any) -> dict[str, LeafInfo]:
     return out
 
 
+class PruningState(NamedTuple):
+    """The state of every score-based pruning compressor (magnitude, random, saliency,
+    movement, OBD pruning).
+
+    Attributes:
+      masks: bool keep-masks with the params' structure, shapes and
+        shardings; :class:`~jaxcomp.MaskedNode` at leaves not pruned.
+      sparsity: the schedule's target at the last mask update (float32).
+      pruned_fraction: fraction of the selected weights the masks prune.
+      count: number of mask updates so far (int32).
+      last_update: step of the last mask update (-1: none yet).
+      scores: the running scores of a factory whose scores accumulate over
+        steps (movement pruning's ``-Σ w·g``: float32, the masks' structure);
+        an empty :class:`~jaxcomp.EmptyState` for the others.
+
+    ``__jaxcomp_info__`` reports the kept fraction per parameter path to
+    :func:`jaxcomp.metrics.analyze` and :func:`jaxcomp.compression_info`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import jaxcomp.prune as jp
+      >>> s = jp.magnitude_pruning(0.5).init({"w": jnp.array([[1.0, -2.0], [0.1, 3.0]])})
+      >>> type(s).__name__, s.masks["w"].tolist(), s.scores
+      ('PruningState', [[False, True], [False, True]], EmptyState())
+      >>> s.__jaxcomp_info__()["w"].density
+      0.5
+    """
+
+    masks: Any
+    sparsity: jax.Array
+    pruned_fraction: jax.Array
+    count: jax.Array
+    last_update: jax.Array
+    scores: Any = EmptyState()
+
+    def __jaxcomp_info__(self):
+        return masks_info(self.masks)
+
+
 def build_pruning(
     *,
     name: str,
-    state_cls: type,
     schedule: Schedule,
     config: MaskConfig,
     where: Any,
@@ -86,11 +124,11 @@ def build_pruning(
     accumulate: Callable[[list, list, list], list] | None = None,
     check_finite_params: bool = True,
 ) -> Compressor:
-    """Assembles a pruning compressor (see the module docstring).
+    """Assembles a pruning compressor with a :class:`PruningState` (see the module docstring).
 
-    ``state_cls`` is a NamedTuple with fields ``masks, sparsity,
-    pruned_fraction, count, last_update`` and, when ``accumulate`` is given,
-    ``scores``.
+    ``accumulate(leaves, grads, scores) -> scores`` makes the state's
+    ``scores`` running sums updated on every ``update`` call (and then the
+    compressor has no ``due``); without it ``scores`` stays empty.
     """
     if mode not in MODES:
         raise ValueError(f"{name}: mode={mode!r} must be one of {MODES}")
@@ -124,7 +162,7 @@ def build_pruning(
         if accumulate is not None:
             fields["scores"] = sel.masked([jnp.zeros(jnp.shape(x), jnp.float32)
                                                for x in leaves])
-        return state_cls(**fields)
+        return PruningState(**fields)
 
     def apply(params, state):
         sel, _ = select(params)

@@ -20,6 +20,10 @@ allocation across layers, a pattern and a schedule — with a forward mode:
 * ``mode="sr_ste"``: as ``"ste"`` plus the decay ``sr_ste_decay · w`` on
   pruned weights' gradients (Zhou et al. 2021).
 
+Every factory's state is a :class:`PruningState` (``masks``, ``sparsity``,
+``pruned_fraction``, ``count``, ``last_update``, and ``scores``, which only
+movement pruning fills); the ``<Factory>State`` names are aliases of it.
+
 Common arguments (keyword-only after the sparsity):
 
 * ``sparsity``: a fraction in ``[0, 1)``, a :class:`~jaxcomp.prune.Schedule`
@@ -54,14 +58,14 @@ References:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from jaxcomp.core.base import Compressor
 from jaxcomp.prune import scores as _scores
-from jaxcomp.prune.compressors.engine import build_pruning, masks_info, nm_sparsity_check
+from jaxcomp.prune.compressors.engine import PruningState, build_pruning, nm_sparsity_check
 from jaxcomp.prune.masks import MaskConfig, apply_masks
 from jaxcomp.prune.patterns import NM
 from jaxcomp.prune.schedules import Schedule, as_schedule
@@ -71,6 +75,7 @@ __all__ = [
     "MagnitudePruningState",
     "MovementPruningState",
     "ObdPruningState",
+    "PruningState",
     "RandomPruningState",
     "SaliencyPruningState",
     "magnitude_pruning",
@@ -81,79 +86,13 @@ __all__ = [
 ]
 
 
-class MagnitudePruningState(NamedTuple):
-    """State of :func:`magnitude_pruning`.
-
-    Attributes:
-      masks: bool keep-masks with the params' structure, shapes and
-        shardings; :class:`~jaxcomp.MaskedNode` at leaves not pruned.
-      sparsity: the schedule's target at the last mask update (float32).
-      pruned_fraction: fraction of the selected weights the masks prune.
-      count: number of mask updates so far (int32).
-      last_update: step of the last mask update (-1: none yet).
-    """
-
-    masks: Any
-    sparsity: jax.Array
-    pruned_fraction: jax.Array
-    count: jax.Array
-    last_update: jax.Array
-
-    def __jaxcomp_info__(self):
-        return masks_info(self.masks)
-
-
-class RandomPruningState(NamedTuple):
-    """State of :func:`random_pruning` (fields as :class:`MagnitudePruningState`)."""
-
-    masks: Any
-    sparsity: jax.Array
-    pruned_fraction: jax.Array
-    count: jax.Array
-    last_update: jax.Array
-
-    def __jaxcomp_info__(self):
-        return masks_info(self.masks)
-
-
-class SaliencyPruningState(NamedTuple):
-    """State of :func:`saliency_pruning` (fields as :class:`MagnitudePruningState`)."""
-
-    masks: Any
-    sparsity: jax.Array
-    pruned_fraction: jax.Array
-    count: jax.Array
-    last_update: jax.Array
-
-    def __jaxcomp_info__(self):
-        return masks_info(self.masks)
-
-
-class MovementPruningState(NamedTuple):
-    """State of :func:`movement_pruning`; ``scores`` holds the accumulated ``-Σ w·g``."""
-
-    masks: Any
-    sparsity: jax.Array
-    pruned_fraction: jax.Array
-    count: jax.Array
-    last_update: jax.Array
-    scores: Any
-
-    def __jaxcomp_info__(self):
-        return masks_info(self.masks)
-
-
-class ObdPruningState(NamedTuple):
-    """State of :func:`obd_pruning` (fields as :class:`MagnitudePruningState`)."""
-
-    masks: Any
-    sparsity: jax.Array
-    pruned_fraction: jax.Array
-    count: jax.Array
-    last_update: jax.Array
-
-    def __jaxcomp_info__(self):
-        return masks_info(self.masks)
+# The factories share one state type; these names keep the conventional
+# ``<Factory>State`` spelling for code that refers to a factory's state.
+MagnitudePruningState = PruningState
+RandomPruningState = PruningState
+SaliencyPruningState = PruningState
+MovementPruningState = PruningState
+ObdPruningState = PruningState
 
 
 def _resolve(name: str, sparsity: Any, *, scope: str, pattern: Any, allocation: Any,
@@ -228,7 +167,7 @@ def magnitude_pruning(
       sr_ste_decay: ``λ_w`` for ``mode="sr_ste"`` (default 2e-4).
 
     Returns:
-      A :class:`~jaxcomp.Compressor` with state :class:`MagnitudePruningState`.
+      A :class:`~jaxcomp.Compressor` with state :class:`PruningState`.
 
     References:
       Han et al. 2015, arXiv:1506.02626; Zhu & Gupta 2017, arXiv:1710.01878.
@@ -255,7 +194,7 @@ def magnitude_pruning(
             raise TypeError(f"{name}: score_fn must be callable params -> score tree")
         scorer, init_scores = _hook(score_fn, name), None
     return build_pruning(
-        name=name, state_cls=MagnitudePruningState, schedule=sched, config=config, where=where,
+        name=name, schedule=sched, config=config, where=where,
         mode=mode, decay=decay, scorer=scorer, init_scores=init_scores,
         has_default_sparsity=has_default)
 
@@ -311,7 +250,7 @@ def random_pruning(
         return noise(sel.sel_leaves, state.count + 1, sel.of_masked(state.masks, "the state's masks"))
 
     return build_pruning(
-        name=name, state_cls=RandomPruningState, schedule=sched, config=config, where=where,
+        name=name, schedule=sched, config=config, where=where,
         mode=mode, decay=decay, scorer=scorer, init_scores=lambda leaves: noise(leaves, 0),
         has_default_sparsity=has_default)
 
@@ -357,7 +296,7 @@ def saliency_pruning(
         return [jnp.abs(w * gi) for w, gi in zip(sel.sel_leaves, g)]
 
     return build_pruning(
-        name=name, state_cls=SaliencyPruningState, schedule=sched, config=config, where=where,
+        name=name, schedule=sched, config=config, where=where,
         mode=mode, decay=decay, scorer=scorer, init_scores=None, has_default_sparsity=has_default)
 
 
@@ -412,7 +351,7 @@ def movement_pruning(
         return acc
 
     return build_pruning(
-        name=name, state_cls=MovementPruningState, schedule=sched, config=config, where=where,
+        name=name, schedule=sched, config=config, where=where,
         mode=mode, decay=decay, scorer=scorer, init_scores=None, has_default_sparsity=has_default,
         accumulate=accumulate)
 
@@ -497,5 +436,5 @@ def obd_pruning(
                 for w, hi in zip(sel.sel_leaves, h)]
 
     return build_pruning(
-        name=name, state_cls=ObdPruningState, schedule=sched, config=config, where=where,
+        name=name, schedule=sched, config=config, where=where,
         mode=mode, decay=decay, scorer=scorer, init_scores=None, has_default_sparsity=has_default)
