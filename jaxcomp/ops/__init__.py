@@ -10,6 +10,11 @@
 * :mod:`~jaxcomp.ops.ste`: masked forward views and straight-through
   gradients (:func:`masked_weight`, :func:`ste_masked_weight`,
   :func:`sr_ste_masked_weight`, :func:`mask_view`).
+* :mod:`~jaxcomp.ops.capture`: the inputs and outputs of a model's
+  submodules, selected by canonical module path, for Flax linen
+  (:func:`capture_linen`) and nnx (:func:`capture_nnx`), with an early stop
+  after the last needed call — the one way distillation taps and
+  calibration passes look inside a model.
 
 Nothing here imports a family (``prune``, ``distill``, ``metrics``, ...);
 the families import from here.
@@ -21,7 +26,8 @@ Example:
   [False, True, False, True]
 """
 
-from jaxcomp.ops import kth, ste
+from jaxcomp.ops import capture, kth, ste
+from jaxcomp.ops.capture import Captured, ModuleInfo, capture_linen, capture_nnx, module_of
 from jaxcomp.ops.kth import (
     DEFAULT_WAYS,
     bottomk_mask,
@@ -48,8 +54,13 @@ from jaxcomp.ops.ste import (
 __all__ = [
     "DEFAULT_WAYS",
     "MODES",
+    "Captured",
+    "ModuleInfo",
     "bottomk_mask",
     "bottomk_mask_unsharded",
+    "capture",
+    "capture_linen",
+    "capture_nnx",
     "check_finite",
     "count_true",
     "is_tracer",
@@ -57,6 +68,7 @@ __all__ = [
     "kth_smallest",
     "mask_view",
     "masked_weight",
+    "module_of",
     "num_pruned",
     "ordered_key",
     "smallest_k_masks",

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcomp.core.errors import list_paths
+from jaxcomp.ops.capture import module_of
 from jaxcomp.ops.kth import check_finite, num_pruned, smallest_k_masks
 from jaxcomp.select.paths import leaves_with_paths
 from jaxcomp.select.selection import Selected, flatten
@@ -210,12 +211,12 @@ def scale_to_kernel_masks(
     """
     pl = dict(leaves_with_paths(params))
     ml = leaves_with_paths(scale_masks)
-    modules = {p.rsplit("/", 1)[0] for p in pl if p.endswith("/kernel")}
+    modules = {module_of(p) for p in pl if p.endswith("/kernel")}
     out: dict[str, jax.Array] = {}
     for path, m in ml:
         if not path.endswith("/scale") or path not in pl:
             continue
-        norm = path.rsplit("/", 1)[0]
+        norm = module_of(path)
         prod = (pairs or {}).get(norm) or _producer(norm, modules)
         if prod is None:
             if bool(jnp.all(m)):

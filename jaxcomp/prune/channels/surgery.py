@@ -52,6 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcomp.core.errors import list_paths
+from jaxcomp.ops.capture import module_of
 from jaxcomp.prune.channels.surgery_graph import ChannelGroup, trace_groups
 from jaxcomp.select.paths import is_leaf, path_str
 
@@ -60,8 +61,8 @@ __all__ = ["ChannelGroup", "SurgeryResult", "channel_dependencies", "remove_chan
 
 
 def _module(path: str) -> str:
-    p = path.removeprefix("params/")
-    return p.rsplit("/", 1)[0] if "/" in p else p
+    """The module owning a variables path (``params/block/conv/kernel`` -> ``block/conv``)."""
+    return module_of(path.removeprefix("params/"))
 
 
 class SurgeryResult(NamedTuple):

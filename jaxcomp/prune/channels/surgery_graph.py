@@ -16,6 +16,16 @@ group. Anything the analysis cannot follow safely — a labelled axis that is
 reduced over (LayerNorm over channels, softmax), sliced, padded,
 concatenated, gathered, contracted against a non-parameter, or returned
 from the function — *blocks* the group: its channels cannot be removed.
+
+Parameters are named by their canonical variables paths
+(:func:`jaxcomp.select.path_str`: ``params/block_0/conv1/kernel``), and
+their modules by :func:`jaxcomp.ops.capture.module_of` of the path within
+the collection (``block_0/conv1``), the names :mod:`jaxcomp.ops.capture`
+gives modules. The graph itself cannot come from recording module calls:
+which parameter axes a channel reaches (a bias, BatchNorm statistics, the
+rows of the next kernel behind a flatten, the other branch of a residual
+add) is a property of the dataflow between the calls, so it is read from the
+jaxpr.
 """
 
 from __future__ import annotations

@@ -12,7 +12,10 @@
 * :mod:`~jaxcomp.prune.oneshot.sensitivity` — per-layer sensitivity scans
   and the ``{regex: sparsity}`` maps they suggest.
 
-The calibration passes capture layer inputs with :mod:`jaxcomp.ops.capture`.
+* :mod:`~jaxcomp.prune.oneshot.calibration` — the calibration passes they
+  share: data chunks, the layers a model runs, a layer's inputs with the
+  forward pass stopped after its last call (on :mod:`jaxcomp.ops.capture`).
+
 Everything here is re-exported by :mod:`jaxcomp.prune`.
 
 Example:

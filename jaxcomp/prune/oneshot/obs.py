@@ -58,6 +58,7 @@ __all__ = [
     "layer_hessian",
     "obs_remove",
     "reconstruction_error",
+    "rel_error_from_hessian",
     "sparsegpt_prune",
 ]
 
@@ -137,12 +138,20 @@ def reconstruction_error(w: jax.typing.ArrayLike, w_hat: jax.typing.ArrayLike,
       >>> reconstruction_error(jnp.ones((2, 1)), jnp.zeros((2, 1)), jnp.eye(2))
       1.0
     """
-    return float(_rel_err(jnp.asarray(w, jnp.float32), jnp.asarray(w_hat, jnp.float32),
-                          jnp.asarray(hessian, jnp.float32)))
+    return float(rel_error_from_hessian(jnp.asarray(w, jnp.float32),
+                                        jnp.asarray(w_hat, jnp.float32),
+                                        jnp.asarray(hessian, jnp.float32)))
 
 
 @jax.jit
-def _rel_err(w, w_hat, h):
+def rel_error_from_hessian(w: jax.Array, w_hat: jax.Array, h: jax.Array) -> jax.Array:
+    """:func:`reconstruction_error` as a float32 scalar array, for use under ``jit``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> float(rel_error_from_hessian(jnp.ones((2, 1)), jnp.zeros((2, 1)), jnp.eye(2)))
+      1.0
+    """
     dw = w - w_hat
     num = jnp.sum(dw * (h @ dw))
     den = jnp.sum(w * (h @ w))

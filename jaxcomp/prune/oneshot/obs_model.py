@@ -4,7 +4,9 @@ Walks a Flax linen model's Dense and Conv layers in forward order, captures
 each selected layer's inputs on calibration data (from the already-pruned
 model, as SparseGPT does), accumulates the layer Hessian chunk by chunk and
 prunes the kernel with :func:`jaxcomp.prune.oneshot.obs.sparsegpt_prune`. The
-capture helpers here are shared with :mod:`jaxcomp.prune.oneshot.thinet`.
+inputs are recorded by :mod:`jaxcomp.prune.oneshot.calibration` (on
+:func:`jaxcomp.ops.capture.capture_linen`), shared with
+:mod:`jaxcomp.prune.oneshot.thinet`.
 
 References:
   Frantar & Alistarh, SparseGPT: massive language models can be accurately
@@ -24,24 +26,24 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcomp.core.errors import check_in_range, list_paths
+from jaxcomp.ops.capture import module_of
 from jaxcomp.ops.kth import bottomk_mask_unsharded, num_pruned
+from jaxcomp.prune.oneshot.calibration import calibration_chunks, layer_inputs, linen_layers
 from jaxcomp.prune.oneshot.obs import (
-    _rel_err,
     accumulate_hessian,
     conv_kernel_2d,
     conv_kernel_nd,
     conv_patches,
     init_hessian,
+    rel_error_from_hessian,
     sparsegpt_prune,
 )
 from jaxcomp.prune.patterns import NM, as_pattern
 from jaxcomp.select import selectors as _sel
 from jaxcomp.select.leafrules import per_leaf
-from jaxcomp.select.paths import path_str
 from jaxcomp.select.selection import flatten
 
 __all__ = ["ObsLayerStats", "ObsPruneResult", "obs_prune"]
-
 
 
 class ObsLayerStats(NamedTuple):
@@ -74,83 +76,19 @@ class ObsPruneResult(NamedTuple):
     layers: tuple[ObsLayerStats, ...]
 
 
-class _Stop(Exception):
-    """Raised by the capture interceptor to end a forward pass early."""
-
-
-def _chunks(calib_x: Any, chunk_size: int | None) -> list[jax.Array]:
-    if isinstance(calib_x, (list, tuple)):
-        chunks = [jnp.asarray(c) for c in calib_x]
-    else:
-        x = jnp.asarray(calib_x)
-        if x.ndim == 0 or x.shape[0] == 0:
-            raise ValueError("calib_x is empty: pass a batch (N, ...) of calibration inputs")
-        step = x.shape[0] if chunk_size is None else int(chunk_size)
-        if step < 1:
-            raise ValueError(f"chunk_size={chunk_size!r} must be a positive int")
-        chunks = [x[i:i + step] for i in range(0, x.shape[0], step)]
-    if not chunks or any(c.ndim == 0 or c.shape[0] == 0 for c in chunks):
-        raise ValueError("calib_x is empty: pass a batch (N, ...) of calibration inputs or a "
-                         "list of such chunks")
-    for i, c in enumerate(chunks):
-        if jnp.issubdtype(c.dtype, jnp.floating) and not bool(jnp.all(jnp.isfinite(c))):
-            raise ValueError(f"calib_x chunk {i} contains NaN or Inf; clean the calibration "
-                             "data (e.g. drop those examples) before pruning")
-    return chunks
-
-
-def _run(apply_fn, variables, x, interceptor):
-    try:
-        with nn.intercept_methods(interceptor):
-            apply_fn(variables, x)
-    except _Stop:
-        pass
-
-
-def _layer_order(apply_fn, variables, x) -> tuple[list[str], dict[str, nn.Module], dict]:
-    order, mods, calls = [], {}, {}
-
-    def rec(next_fun, args, kwargs, ctx):
-        if ctx.method_name == "__call__" and ctx.module.scope is not None:
-            p = path_str(ctx.module.scope.path)
-            if p not in calls:
-                order.append(p)
-                mods[p] = ctx.module
-            calls[p] = calls.get(p, 0) + 1
-        return next_fun(*args, **kwargs)
-
-    _run(apply_fn, variables, x, rec)
-    return order, mods, calls
-
-
-def _layer_inputs(x: jax.Array, module: nn.Module, path: str) -> jax.Array:
+def _as_rows(x: jax.Array, module: nn.Module, path: str) -> jax.Array:
+    """A layer input as the rows of ``X`` (im2col patches for a convolution)."""
     if isinstance(module, nn.Conv):
         return conv_patches(x, module, path=path)
     x = jnp.asarray(x, jnp.float32)
     return x.reshape(-1, x.shape[-1])
 
 
-def _capture_inputs(apply_fn, variables, x, mod_path, module, n_calls) -> list[jax.Array]:
-    """The 2-d inputs of every call of module ``mod_path`` in one forward pass."""
-    inputs: list[jax.Array] = []
-
-    def cap(next_fun, args, kwargs, ctx):
-        out = next_fun(*args, **kwargs)
-        if (ctx.method_name == "__call__" and ctx.module.scope is not None
-                and path_str(ctx.module.scope.path) == mod_path):
-            inputs.append(_layer_inputs(args[0], module, mod_path))
-            if len(inputs) == n_calls:  # the layer's last call: the rest is not needed
-                raise _Stop
-        return out
-
-    _run(apply_fn, variables, x, cap)
-    return inputs
-
-
 def _layer_hessian_from_model(apply_fn, variables, chunks, mod_path, module, n_calls, d):
     state = init_hessian(d)
     for c in chunks:
-        for xi in _capture_inputs(apply_fn, variables, c, mod_path, module, n_calls):
+        for raw in layer_inputs(apply_fn, variables, c, mod_path, n_calls):
+            xi = _as_rows(raw, module, mod_path)
             if not bool(jnp.all(jnp.isfinite(xi))):
                 raise ValueError(f"the inputs of layer '{mod_path}' contain NaN or Inf on the "
                                  "calibration data (an earlier layer overflowed)")
@@ -169,7 +107,8 @@ def _errors(w, w_new, h, k, *, nm):
     """Relative errors of ``w_new`` and of magnitude pruning (k smallest, or N:M) of ``w``."""
     w = w.astype(jnp.float32)
     keep = NM(*nm).mask(jnp.abs(w)) if nm is not None else ~bottomk_mask_unsharded(jnp.abs(w), k)
-    return _rel_err(w, w_new.astype(jnp.float32), h), _rel_err(w, jnp.where(keep, w, 0.0), h)
+    return (rel_error_from_hessian(w, w_new.astype(jnp.float32), h),
+            rel_error_from_hessian(w, jnp.where(keep, w, 0.0), h))
 
 
 def obs_prune(
@@ -252,12 +191,14 @@ def obs_prune(
     sparsity_of = dict(zip(selected, per_leaf(
         sparsity, sel, what="sparsity", noun="selected kernel", validate=_check_sparsity,
         hint="Add a pattern for them or exclude them with where=.")))
-    chunks = _chunks(calib_x, chunk_size)
-    order, mods, calls = _layer_order(apply_fn, variables, chunks[0][:1])
+    chunks = calibration_chunks(calib_x, chunk_size)
+    layers = linen_layers(apply_fn, variables, chunks[0][:1])
+    order = list(layers)
+    mods = {mp: info.module for mp, info in layers.items()}
     todo = []
     leaves = dict(zip(sel.paths, sel.leaves))
     for p in selected:
-        mp = p.rsplit("/", 1)[0] if "/" in p else ""
+        mp = module_of(p)
         if mp not in mods:
             raise ValueError(f"obs_prune: parameter '{p}' belongs to module '{mp}', which did not "
                              f"run in apply_fn; modules that ran:\n{list_paths(order)}")
@@ -285,7 +226,7 @@ def obs_prune(
         is_conv = isinstance(mods[mp], nn.Conv)
         w2 = conv_kernel_2d(w) if is_conv else w
         src = rebuild(tree(cur)) if sequential else variables
-        st = _layer_hessian_from_model(apply_fn, src, chunks, mp, mods[mp], calls[mp],
+        st = _layer_hessian_from_model(apply_fn, src, chunks, mp, mods[mp], layers[mp].calls,
                                        w2.shape[0])
         s = sparsity_of[p]
         new2, keep2 = sparsegpt_prune(w2, st.hessian, s, blocksize=blocksize,

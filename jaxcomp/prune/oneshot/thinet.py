@@ -47,8 +47,7 @@ import numpy as np
 from jaxcomp.core.errors import check_in_range, list_paths
 from jaxcomp.ops.kth import num_pruned
 from jaxcomp.prune.oneshot import obs as _obs
-from jaxcomp.prune.oneshot import obs_model as _capture
-from jaxcomp.select.paths import path_str
+from jaxcomp.prune.oneshot.calibration import calibration_chunks, layer_inputs, linen_layers
 from jaxcomp.select.selection import flatten
 
 __all__ = [
@@ -362,8 +361,10 @@ def thinet_prune_layer(
     """
     has_params = isinstance(variables, Mapping) and "params" in variables
     params = variables["params"] if has_params else variables
-    chunks = _capture._chunks(calib_x, chunk_size)
-    order, mods, calls = _capture._layer_order(apply_fn, variables, chunks[0][:1])
+    chunks = calibration_chunks(calib_x, chunk_size)
+    layers = linen_layers(apply_fn, variables, chunks[0][:1])
+    order = list(layers)
+    mods = {mp: info.module for mp, info in layers.items()}
     for name, p in (("consumer", consumer), ("producer", producer)):
         if p is not None and p not in mods:
             raise ValueError(f"{name}={p!r} is not a module that ran in apply_fn; modules:\n"
@@ -374,7 +375,8 @@ def thinet_prune_layer(
     mod = mods[consumer]
     xs = []
     for c in chunks:
-        xs.extend(_capture_raw(apply_fn, variables, c, consumer, calls[consumer]))
+        xs.extend(jnp.asarray(a) for a in layer_inputs(apply_fn, variables, c, consumer,
+                                                       layers[consumer].calls))
     every = flatten(params, True, what="thinet_prune_layer")
     flat = dict(zip(every.paths, every.leaves))
     kpath = f"{consumer}/kernel"
@@ -391,21 +393,4 @@ def thinet_prune_layer(
             flat[f"{producer}/bias"] = jnp.where(res.keep, flat[f"{producer}/bias"], 0)
     new = every.rebuild([flat[p] for p in every.paths])
     return ({**dict(variables), "params": new} if has_params else new), res
-
-
-def _capture_raw(apply_fn, variables, x, mod_path, n_calls) -> list[jax.Array]:
-    """The raw inputs of every call of ``mod_path`` (the forward stops after the last)."""
-    got: list[jax.Array] = []
-
-    def cap(next_fun, args, kwargs, ctx):
-        out = next_fun(*args, **kwargs)
-        if ctx.method_name == "__call__" and ctx.module.scope is not None and \
-                path_str(ctx.module.scope.path) == mod_path:
-            got.append(jnp.asarray(args[0]))
-            if len(got) == n_calls:
-                raise _capture._Stop
-        return out
-
-    _capture._run(apply_fn, variables, x, cap)
-    return got
 
