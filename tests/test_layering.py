@@ -3,7 +3,7 @@
 Lower rooms (``core``, ``select``, ``parallel``, ``ops``) import nothing from the
 families above them; ``data`` does not reach into ``train``; ``train`` does not
 reach into ``prune``; the library never loads ``research/`` code; and the
-lower rooms use no other module's private (leading underscore) names.
+lower rooms and ``prune`` use no other module's private (leading underscore) names.
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def test_library_never_loads_research_code():
     assert research_loading() == []
 
 
-@pytest.mark.parametrize("room", ("parallel", "core", "data", "ops"))
+@pytest.mark.parametrize("room", ("parallel", "core", "data", "ops", "prune"))
 def test_no_private_cross_module_imports(imps, room):
     assert [s for s in private_imports(imps) if within(s.split(":")[0], f"jaxcomp.{room}")] == []
 

@@ -233,3 +233,23 @@ def test_sparsity_summary():
     console = Console(record=True, width=100)
     console.print(s)
     assert "fc/kernel" in console.export_text()
+
+
+def test_sparsity_summary_selection_and_errors():
+    p = {"fc": {"kernel": jnp.array([[0.0, 1.0], [2.0, 0.0]]), "bias": jnp.zeros(2)},
+         "lr": jc.LowRank(jnp.array([[1.0], [0.0]]), jnp.array([[1.0, 0.0]])),
+         "skip": jc.MaskedNode()}
+    every = jp.sparsity_summary(p)
+    assert [(r.path, r.zeros, r.size) for r in every.rows] == [
+        ("fc/bias", 2, 2), ("fc/kernel", 2, 4), ("lr", 3, 4)]  # LowRank: its dense product
+    # any where= form of jaxcomp.select, the same rows
+    sel = jc.select.ndim(min=2) & jc.select.path(r"fc/.*")
+    bools = {"fc": {"kernel": True, "bias": False}, "lr": False, "skip": jc.MaskedNode()}
+    for where in (r"fc/kernel", sel, bools, lambda path, leaf: path == "fc/kernel"):
+        assert [r.path for r in jp.sparsity_summary(p, where=where).rows] == ["fc/kernel"]
+    # a where that selects nothing names the caller and lists the paths, closest first
+    with pytest.raises(ValueError, match=r"sparsity_summary: where='fc/kernal' matches no leaf"
+                       ) as e:
+        jp.sparsity_summary(p, where="fc/kernal")
+    assert str(e.value).splitlines()[1].strip() == "fc/kernel"
+    assert jp.sparsity_summary({}).rows == () and jp.sparsity_summary({}).sparsity == 0.0

@@ -5,12 +5,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax
 import numpy as np
 
 from jaxcomp.core.leaves import is_compressed
-from jaxcomp.select.paths import is_leaf, path_str
-from jaxcomp.select.selectors import resolve
+from jaxcomp.select.selection import flatten
 
 __all__ = ["SparsityRow", "SparsitySummary", "sparsity_summary"]
 
@@ -95,11 +93,16 @@ def sparsity_summary(params_or_masks: Any, where: Any = None) -> SparsitySummary
 
     Args:
       params_or_masks: a tree of arrays (concrete values).
-      where: which leaves to list (default: all array leaves).
+      where: which leaves to list, any ``where=`` form of
+        :func:`jaxcomp.select.flatten` (default: every leaf).
 
     Returns:
       A :class:`SparsitySummary` with ``rows``, totals, ``to_dict()``,
       ``table()`` (rich) and a plain-text ``str``.
+
+    Raises:
+      ValueError: a ``where`` that selects nothing (naming
+        ``sparsity_summary`` and listing the paths, closest first).
 
     Example:
       >>> import jax.numpy as jnp
@@ -107,15 +110,13 @@ def sparsity_summary(params_or_masks: Any, where: Any = None) -> SparsitySummary
       >>> [(r.path, r.zeros, r.sparsity) for r in s.rows], s.sparsity
       ([('b', 0, 0.0), ('w', 3, 0.75)], 0.5)
     """
-    flat, _ = jax.tree_util.tree_flatten_with_path(params_or_masks, is_leaf=is_leaf)
-    flags = jax.tree_util.tree_leaves(resolve(True if where is None else where, params_or_masks))
+    sel = flatten(params_or_masks, where, what="sparsity_summary", default=True,
+                  allow_empty=where is None, noun="leaf")
     rows = []
-    for (kp, x), f in zip(flat, flags):
-        if not f:
-            continue
+    for path, x in sel.pairs:
         if is_compressed(x):
             x = x.materialize()
         a = np.asarray(x)
         zeros = int(a.size - np.count_nonzero(a))
-        rows.append(SparsityRow(path_str(kp), tuple(a.shape), int(a.size), zeros))
+        rows.append(SparsityRow(path, tuple(a.shape), int(a.size), zeros))
     return SparsitySummary(tuple(rows))
