@@ -499,3 +499,31 @@ def test_mesh_helpers_errors():
         train.shard_batch({"x": np.zeros((8, 2))}, mesh, axis="batch")
     r = train.replicate({"w": jnp.ones(3), "k": jax.random.key(0)}, mesh)
     assert r["w"].sharding.is_fully_replicated
+
+
+def test_supervised_loss_refuses_bad_labels_and_empty_batches():
+    from jax.experimental import checkify
+
+    def apply_fn(variables, x, train=False, rng=None, return_state=False):
+        logits = x @ variables["params"]["w"]
+        return (logits, {}) if return_state else logits
+
+    params = {"w": jnp.eye(3)}
+    loss_fn = train.supervised_loss(apply_fn)
+    x = jnp.eye(3)
+    for bad in ([0, 1, 3], [0, -1, 2]):
+        with pytest.raises(ValueError, match=r"batch\[\"y\"\] span .* class ids must lie in \[0, 2\]"):
+            loss_fn(params, {}, {"x": x, "y": jnp.array(bad)}, None)
+    with pytest.raises(ValueError, match="the batch is empty"):
+        loss_fn(params, {}, {"x": jnp.zeros((0, 3)), "y": jnp.zeros((0,), jnp.int32)}, None)
+    with pytest.raises(ValueError, match="the batch is empty"):  # shapes are known under jit
+        jax.jit(loss_fn)(params, {}, {"x": jnp.zeros((0, 3)), "y": jnp.zeros((0,), jnp.int32)},
+                         None)
+    checked = train.supervised_loss(apply_fn, checked=True)
+    run = jax.jit(checkify.checkify(lambda b: checked(params, {}, b, None)[0]))
+    err, _ = run({"x": x, "y": jnp.array([0, 1, 3])})
+    with pytest.raises(checkify.JaxRuntimeError, match=r"must lie in \[0, 2\]"):
+        err.throw()
+    err, loss = run({"x": x, "y": jnp.array([0, 1, 2])})
+    err.throw()
+    assert np.isfinite(float(loss))

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 from collections.abc import Iterable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import checkify
 
 _MAX_LISTED = 12
 
@@ -98,3 +105,40 @@ def join_names(names: Iterable[str]) -> str:
     if len(names) <= 1:
         return "".join(names)
     return ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def concrete(x: Any) -> np.ndarray | None:
+    """The values of ``x`` as a NumPy array when they are known now, else None.
+
+    Python numbers, NumPy values and JAX arrays outside a trace are concrete;
+    tracers (inside ``jit``, ``grad``, ``vmap``, ``checkify``) are not.
+    """
+    if isinstance(x, jax.core.Tracer):
+        return None
+    if isinstance(x, jax.Array):
+        return np.asarray(x) if x.is_fully_addressable else None
+    if isinstance(x, (numbers.Number, np.ndarray, np.generic)):
+        return np.asarray(x)
+    return None
+
+
+def check_class_ids(
+    name: str, labels: Any, num_classes: int, *, checked: bool = False
+) -> None:
+    """Validates integer class ids in ``[0, num_classes)`` (concrete now, traced if ``checked``)."""
+    host = concrete(labels)
+    if host is not None:
+        if host.size and (host.min() < 0 or host.max() >= num_classes):
+            raise ValueError(
+                f"{name} span [{int(host.min())}, {int(host.max())}] but the logits have "
+                f"{num_classes} classes; class ids must lie in [0, {num_classes - 1}] "
+                "(negative ids do not count from the end)"
+            )
+    elif checked:
+        labels = jnp.asarray(labels)
+        checkify.check(
+            jnp.all((labels >= 0) & (labels < num_classes)),
+            f"{name} must lie in [0, {num_classes - 1}] (the logits have {num_classes} "
+            "classes), got {}",
+            labels,
+        )

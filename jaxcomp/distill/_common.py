@@ -12,25 +12,12 @@ import numpy as np
 from jax.experimental import checkify
 from jax.typing import ArrayLike
 
+from jaxcomp.core.errors import check_class_ids, concrete
+
 
 def is_static_number(x: Any) -> bool:
     """Whether ``x`` is a concrete Python/NumPy real number (not a traced array)."""
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
-
-
-def concrete(x: Any) -> np.ndarray | None:
-    """The values of ``x`` as a NumPy array when they are known now, else None.
-
-    Python numbers, NumPy values and JAX arrays outside a trace are concrete;
-    tracers (inside ``jit``, ``grad``, ``vmap``, ``checkify``) are not.
-    """
-    if isinstance(x, jax.core.Tracer):
-        return None
-    if isinstance(x, jax.Array):
-        return np.asarray(x) if x.is_fully_addressable else None
-    if isinstance(x, (numbers.Number, np.ndarray, np.generic)):
-        return np.asarray(x)
-    return None
 
 
 def check_real(name: str, value: Any) -> None:
@@ -91,28 +78,6 @@ def check_positive(name: str, value: Any, *, checked: bool = False) -> None:
 def check_fraction(name: str, value: Any, *, checked: bool = False) -> None:
     """Validates a hyperparameter in ``[0, 1]`` (see :func:`check_positive`)."""
     _check_interval(name, value, 0.0, 1.0, True, checked)
-
-
-def check_class_ids(
-    name: str, labels: Any, num_classes: int, *, checked: bool = False
-) -> None:
-    """Validates integer class ids in ``[0, num_classes)`` (concrete now, traced if ``checked``)."""
-    host = concrete(labels)
-    if host is not None:
-        if host.size and (host.min() < 0 or host.max() >= num_classes):
-            raise ValueError(
-                f"{name} span [{int(host.min())}, {int(host.max())}] but the logits have "
-                f"{num_classes} classes; class ids must lie in [0, {num_classes - 1}] "
-                "(negative ids do not count from the end)"
-            )
-    elif checked:
-        labels = jnp.asarray(labels)
-        checkify.check(
-            jnp.all((labels >= 0) & (labels < num_classes)),
-            f"{name} must lie in [0, {num_classes - 1}] (the logits have {num_classes} "
-            "classes), got {}",
-            labels,
-        )
 
 
 def check_mask(mask: ArrayLike | None, per_example_shape: tuple[int, ...], *, name: str = "mask"):

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
-from jaxcomp.core.errors import check_in_range
+from jaxcomp.core.errors import check_class_ids, check_in_range
 from jaxcomp.core.apply_fns import ADAPTER_HINT, check_apply_fn
 
 __all__ = ["LossFn", "batch_mask", "masked_mean", "supervised_loss"]
@@ -69,7 +69,8 @@ def masked_mean(values: ArrayLike, mask: ArrayLike | None = None) -> jax.Array:
 
 
 def supervised_loss(
-    apply_fn: Callable[..., Any], *, label_smoothing: float = 0.0, train: bool = True
+    apply_fn: Callable[..., Any], *, label_smoothing: float = 0.0, train: bool = True,
+    checked: bool = False,
 ) -> LossFn:
     """The standard classification loss: softmax cross-entropy and accuracy.
 
@@ -80,7 +81,12 @@ def supervised_loss(
 
     Labels ``batch["y"]`` are integer classes, or class probabilities when
     they have the logits' rank. Padded examples (``batch["mask"] == 0``) do
-    not count in the loss or the metrics.
+    not count in the loss or the metrics. Concrete integer labels outside
+    ``[0, classes)`` and an empty batch are errors. Under ``jit`` the labels
+    are traced and cannot be checked: an out-of-range label then has an
+    all-zero target (its cross-entropy term is 0 and it counts as wrong),
+    unless the loss is built with ``checked=True`` and the step runs under
+    :func:`jax.experimental.checkify.checkify`, which reports it.
 
     Args:
       apply_fn: the model's apply function.
@@ -89,13 +95,16 @@ def supervised_loss(
       train: training mode (dropout on, BatchNorm batch statistics and
         running-average updates). Build the loss for
         :func:`~jaxcomp.train.make_eval_step` with ``train=False``.
+      checked: stage ``checkify`` checks of traced labels (run the step
+        under ``checkify.checkify``; without it ``jit`` fails to trace them).
 
     Returns:
       ``loss_fn(params, model_state, batch, rng) -> (loss, (new_model_state,
       {"loss": ..., "accuracy": ...}))``.
 
     Raises:
-      ValueError: if ``label_smoothing`` is outside ``[0, 1)``.
+      ValueError: if ``label_smoothing`` is outside ``[0, 1)``; when called,
+        for an empty batch or concrete labels outside ``[0, classes)``.
       TypeError: if ``apply_fn`` is not callable or does not have the
         signature above (a Flax module or ``module.apply``): the message
         names the adapters :func:`~jaxcomp.train.linen_apply` and
@@ -145,6 +154,11 @@ def supervised_loss(
         logits = logits.astype(jnp.float32)
         y = jnp.asarray(batch["y"])
         num_classes = logits.shape[-1]
+        if logits.shape[0] == 0:
+            raise ValueError("supervised_loss: the batch is empty (0 examples); the mean loss "
+                             "of no examples is undefined — drop empty batches")
+        if y.ndim != logits.ndim:
+            check_class_ids('supervised_loss: batch["y"]', y, num_classes, checked=checked)
         if y.ndim == logits.ndim:
             targets = y.astype(jnp.float32)
             labels = jnp.argmax(y, axis=-1)
