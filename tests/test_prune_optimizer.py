@@ -7,7 +7,6 @@ import optax
 import pytest
 from prune_toy import SCHEDULE, loss, params0
 
-import jaxcomp as jc
 import jaxcomp.prune as jp
 
 

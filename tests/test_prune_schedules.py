@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.experimental import checkify
 
 import jaxcomp.prune as jp
-from jax.experimental import checkify
 
 
 def zhu_gupta(t, si, sf, t0, n, dt):
@@ -105,7 +105,7 @@ def test_traced_sparsity_outside_range_skips_the_update_and_checkify_reports_it(
     p, s = upd(p, s, jnp.int32(0))
     before = jax.tree.map(np.asarray, s.masks)
     assert np.mean(before["a"]["kernel"]) == 0.5
-    p2, s2 = upd(p, s, jnp.int32(5))  # 1.0: skipped, masks unchanged (not all pruned)
+    _, s2 = upd(p, s, jnp.int32(5))  # 1.0: skipped, masks unchanged (not all pruned)
     for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(s2.masks)):
         np.testing.assert_array_equal(x, y)
     assert float(s2.sparsity) == 0.5

@@ -58,7 +58,7 @@ def test_run_counter_names_runs_counts_and_estimates():
 
 
 def test_only_process_zero_prints_progress(monkeypatch):
-    import jaxcomp.studies as studies
+    from jaxcomp import studies
 
     monkeypatch.setattr(studies, "is_main_process", lambda: False)
     out = io.StringIO()

@@ -36,8 +36,8 @@ everything else lives in the state, so no optimizer ever decays a mask.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import numbers
+from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
 import jax
@@ -46,15 +46,15 @@ import numpy as np
 __all__ = [
     "ApplyFn",
     "Compressor",
+    "DueFn",
     "EmptyState",
     "InitFn",
     "MaskedNode",
     "Params",
     "ProjectFn",
+    "ReachedFn",
     "State",
     "UpdateFn",
-    "DueFn",
-    "ReachedFn",
     "never_due",
     "project_params",
     "target_reached",

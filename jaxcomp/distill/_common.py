@@ -12,7 +12,7 @@ import numpy as np
 from jax.experimental import checkify
 from jax.typing import ArrayLike
 
-from jaxcomp.core.errors import check_class_ids, concrete
+from jaxcomp.core.errors import concrete
 
 
 def is_static_number(x: Any) -> bool:

@@ -48,13 +48,8 @@ import numpy as np
 from jax.experimental import checkify
 from jax.typing import ArrayLike
 
-from jaxcomp.distill._common import (
-    check_class_ids,
-    check_fraction,
-    check_positive,
-    concrete,
-    masked_mean,
-)
+from jaxcomp.core.errors import check_class_ids, concrete
+from jaxcomp.distill._common import check_fraction, check_positive, masked_mean
 
 __all__ = [
     "kd_loss",

@@ -69,9 +69,9 @@ from jaxcomp.metrics.jaxpr_values import (
     EqnThunk,
     Evaluator,
     Info,
+    StackedThunk,
     literal_info,
     meet,
-    StackedThunk,
     static_trip_count,
 )
 

@@ -24,9 +24,9 @@ helpers (:func:`make_mesh`, :func:`shard_batch`, :func:`replicate`) live in
 :mod:`jaxcomp.parallel` and are re-exported here.
 """
 
+from jaxcomp.core.apply_fns import check_apply_fn, linen_apply, nnx_apply
 from jaxcomp.core.optax_bridge import keep_compressed
 from jaxcomp.parallel import batch_sharding, make_mesh, replicate, shard_batch
-from jaxcomp.core.apply_fns import check_apply_fn, linen_apply, nnx_apply
 from jaxcomp.train.checkpoint import (
     all_steps,
     checkpoint_extra,

@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
-from jaxcomp.core.errors import check_class_ids, check_in_range
 from jaxcomp.core.apply_fns import ADAPTER_HINT, check_apply_fn
+from jaxcomp.core.errors import check_class_ids, check_in_range
 
 __all__ = ["LossFn", "batch_mask", "masked_mean", "supervised_loss"]
 
