@@ -3,10 +3,12 @@
 import itertools
 
 import flax.linen as nn
+import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
 
 import jaxcomp as jc
 import jaxcomp.prune as jp
@@ -139,13 +141,14 @@ def test_erk_and_path_map_allocations():
     # high sparsity: a tiny layer would exceed density 1 and is made dense
     p2 = {"big": jnp.ones((200, 200)), "tiny": jnp.ones((2, 2))}
     d = jp.erk_densities([(200, 200), (2, 2)], 0.9)
-    assert d[1] == 1.0 and abs(d[0] * 40000 + 4 - 0.1 * 40004) < 1e-6
+    # densities are float32 (the same eagerly and under jit): within a hundredth of a weight
+    assert d[1] == 1.0 and abs(d[0] * 40000 + 4 - 0.1 * 40004) < 1e-2
     s = jp.erk_sparsities(p2, 0.9)
     assert s["tiny"] == 0.0 and round(s["big"] * 40000) == round(0.9 * 40004)
     # ER ignores kernel dims
     d_er = jp.erk_densities([(3, 3, 4, 8), (32, 16)], 0.5, kernel=False)
     ratio = np.asarray(d_er) / np.array([12 / 32, 48 / 512])
-    assert abs(ratio[0] - ratio[1]) < 1e-9
+    assert abs(ratio[0] - ratio[1]) < 1e-6
     # traced ERK agrees with the static one
     f = jax.jit(lambda s: jp.erk_densities(shapes, s))
     np.testing.assert_allclose(f(0.8), jp.erk_densities(shapes, 0.8), rtol=1e-5)
@@ -253,3 +256,19 @@ def test_sparsity_summary_selection_and_errors():
         jp.sparsity_summary(p, where="fc/kernal")
     assert str(e.value).splitlines()[1].strip() == "fc/kernel"
     assert jp.sparsity_summary({}).rows == () and jp.sparsity_summary({}).sparsity == 0.0
+
+
+@settings(max_examples=15, deadline=None)
+@given(s=st.floats(0.0, 0.99), seed=st.integers(0, 1000))
+def test_erk_counts_agree_eagerly_and_under_jit(s, seed):
+    from jaxcomp.prune import allocation
+
+    rng = np.random.default_rng(seed)
+    shapes = [tuple(int(d) for d in rng.integers(1, 40, size=int(rng.integers(1, 4))))
+              for _ in range(4)]
+    sizes = [int(np.prod(sh)) for sh in shapes]
+    eager = allocation.erk_counts(sizes, shapes, s)
+    jitted = jax.jit(lambda v: jnp.stack(allocation.erk_counts(sizes, shapes, v)))(
+        jnp.float32(s))
+    assert eager == [int(k) for k in jitted]
+    assert sum(eager) == jp.num_pruned(s, sum(sizes))

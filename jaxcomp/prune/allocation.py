@@ -29,9 +29,11 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -75,7 +77,14 @@ def erk_densities(shapes: Sequence[Sequence[int]], sparsity: Any, *, kernel: boo
       [0.027, 0.1365, 0.1365]
     """
     traced = is_tracer(sparsity)
-    xp = jnp if traced else np
+    # the same float32 operations eagerly and under jit, so eager and jitted counts agree
+    with contextlib.nullcontext() if traced else jax.ensure_compile_time_eval():
+        out = _erk_densities(shapes, sparsity, kernel)
+    return out if traced else np.asarray(out)
+
+
+def _erk_densities(shapes: Sequence[Sequence[int]], sparsity: Any, kernel: bool) -> jax.Array:
+    xp = jnp
     sizes = np.asarray([float(np.prod(s)) for s in shapes])
     ratios = np.asarray([_ratio(s, kernel) for s in shapes])
     n_leaves = len(shapes)
@@ -88,7 +97,7 @@ def erk_densities(shapes: Sequence[Sequence[int]], sparsity: Any, *, kernel: boo
     dense_size = np.concatenate([[0.0], np.cumsum(s_sorted)])
     rest_mass = np.concatenate([np.cumsum((s_sorted * r_sorted)[::-1])[::-1], [0.0]])
     next_ratio = np.concatenate([r_sorted, [0.0]])
-    s = xp.asarray(sparsity, dtype=xp.float32 if traced else np.float64)
+    s = xp.asarray(sparsity, dtype=xp.float32)
     budget = (1.0 - s) * total - dense_size
     safe_mass = np.where(rest_mass > 0, rest_mass, 1.0)
     eps = budget / safe_mass
@@ -113,32 +122,30 @@ def largest_remainder(ideal: Any, total: Any, caps: Sequence[int]) -> Any:
       [1, 1, 2]
     """
     traced = is_tracer(ideal) or is_tracer(total)
-    xp = jnp if traced else np
-    caps_a = np.asarray(caps)
-    z = xp.clip(xp.asarray(ideal, dtype=xp.float32 if traced else np.float64), 0, caps_a)
-    base = xp.floor(z)
-    frac = xp.where(base < caps_a, z - base, -1.0)
-    extra = xp.asarray(total) - base.sum()
-    order = xp.argsort(-frac, stable=True) if traced else np.argsort(-frac, kind="stable")
-    rank = xp.argsort(order)
-    k = base + (rank < extra)
-    k = xp.clip(k, 0, caps_a)
-    return k.astype(xp.int32) if traced else k.astype(np.int64)
+    # float32 on both sides (see erk_densities)
+    with contextlib.nullcontext() if traced else jax.ensure_compile_time_eval():
+        caps_a = np.asarray(caps)
+        z = jnp.clip(jnp.asarray(ideal, dtype=jnp.float32), 0, caps_a)
+        base = jnp.floor(z)
+        frac = jnp.where(base < caps_a, z - base, -1.0)
+        extra = jnp.asarray(total) - base.sum()
+        order = jnp.argsort(-frac, stable=True)
+        rank = jnp.argsort(order)
+        k = jnp.clip(base + (rank < extra), 0, caps_a)
+    return k.astype(jnp.int32) if traced else np.asarray(k).astype(np.int64)
 
 
 def erk_counts(sizes_groups: Sequence[int], shapes: Sequence[Sequence[int]], sparsity: Any,
                *, kernel: bool = True) -> list[Any]:
     """Prune counts per leaf (in groups) with ERK densities and an exact total."""
     dens = erk_densities(shapes, sparsity, kernel=kernel)
-    groups = np.asarray(sizes_groups, np.float64)
+    groups = np.asarray(sizes_groups, np.float32)  # float32 on both sides (see erk_densities)
     traced = is_tracer(dens)
-    xp = jnp if traced else np
-    ideal = (1.0 - dens) * groups
-    total = num_pruned(sparsity, int(groups.sum()))
+    ideal = (np.float32(1.0) - dens) * groups
+    total = num_pruned(sparsity, int(sum(int(g) for g in sizes_groups)))
     ks = largest_remainder(ideal, total, [int(g) for g in sizes_groups])
     if traced:
         return [ks[i] for i in range(len(sizes_groups))]
-    del xp
     return [int(k) for k in ks]
 
 
