@@ -6,10 +6,11 @@ structured matrices, distillation and compression-aware cost accounting.
 
 from jaxcomp import data, distill, encode, metrics, models, parallel, prune, select, train
 from jaxcomp.core import *
-from jaxcomp.core import __all__ as _core_all
+from jaxcomp.core import __all__ as core_names
 
 __version__ = "0.1.0"
 __all__ = [
     "data", "distill", "encode", "metrics", "models", "parallel", "prune", "select", "train"
 ]
-__all__.extend(_core_all)
+__all__.extend(core_names)
+del core_names

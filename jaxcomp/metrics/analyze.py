@@ -35,7 +35,7 @@ import numpy as np
 from jaxcomp.core.errors import list_paths
 from jaxcomp.core.info import LeafInfo, compression_info
 from jaxcomp.core.leaves import dtype_bits, is_compressed
-from jaxcomp.metrics import report as _report
+from jaxcomp.metrics import report as reports
 from jaxcomp.metrics.jaxpr_count import count_jaxpr
 from jaxcomp.metrics.xla import MemoryStats, xla_cost
 from jaxcomp.select.paths import leaves_with_paths
@@ -143,7 +143,7 @@ class Analysis:
         d["layers"] = [l.to_dict() for l in self.layers]
         d["memory"] = None if self.memory is None else self.memory.to_dict()
         d["warnings"] = list(self.warnings)
-        d["convention"] = _report.CONVENTION
+        d["convention"] = reports.CONVENTION
         return json.loads(json.dumps(d))  # tuples -> lists, numpy scalars rejected early
 
     def to_json(self, **kwargs: Any) -> str:
@@ -152,10 +152,10 @@ class Analysis:
 
     def table(self, max_rows: int | None = None) -> Any:
         """A ``rich.table.Table`` (title states "1 MAC = 2 FLOPs")."""
-        return _report.analysis_table(self, max_rows=max_rows)
+        return reports.analysis_table(self, max_rows=max_rows)
 
     def __str__(self) -> str:
-        return _report.render_text(self.table())
+        return reports.render_text(self.table())
 
 
 def _normalize_argnums(params_argnums: Any, nargs: int) -> tuple[int, ...]:

@@ -37,9 +37,9 @@ from jaxcomp.ops.kth import (
     smallest_k_masks,
     validate_sparsity,
 )
-from jaxcomp.prune import allocation as _alloc
+from jaxcomp.prune import allocation as alloc_rules
 from jaxcomp.prune.patterns import NM, Block, Channel, Pattern, Unstructured, as_pattern
-from jaxcomp.select import selectors as _sel
+from jaxcomp.select import selectors
 from jaxcomp.select.leafrules import is_mapping
 from jaxcomp.select.paths import is_leaf
 from jaxcomp.select.selection import Selected, flatten
@@ -60,9 +60,9 @@ _SCOPES = ("layerwise", "global")
 _NORMALIZE = (None, "l1", "l2", "max", "mean")
 
 
-def default_where() -> _sel.Selector:
+def default_where() -> selectors.Selector:
     """The default selection: float arrays with ``ndim >= 2`` that are not compressed leaves."""
-    return _sel.ndim(min=2) & _sel.dtype("float") & ~_sel.leaf_type(CompressedLeaf)
+    return selectors.ndim(min=2) & selectors.dtype("float") & ~selectors.leaf_type(CompressedLeaf)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,9 +123,9 @@ class MaskConfig:
         for p, s in zip(paths, shapes):
             self.pattern.check(tuple(s), p)
 
-    def path_map(self, paths: Sequence[str], has_default: bool) -> _alloc.PathMap | None:
+    def path_map(self, paths: Sequence[str], has_default: bool) -> alloc_rules.PathMap | None:
         if isinstance(self.allocation, dict):
-            return _alloc.PathMap(self.allocation, paths, has_default)
+            return alloc_rules.PathMap(self.allocation, paths, has_default)
         return None
 
 
@@ -151,7 +151,7 @@ def compute_keep(
     sparsity: Any,
     *,
     step: Any = None,
-    path_map: _alloc.PathMap | None = None,
+    path_map: alloc_rules.PathMap | None = None,
 ) -> tuple[list[jax.Array], jax.Array]:
     """Keep-masks for score leaves, and the fraction of their elements pruned.
 
@@ -181,7 +181,7 @@ def compute_keep(
         if config.allocation == "uniform":
             ks = [num_pruned(sparsity, n) for n in g_sizes]
         elif config.allocation in ("erk", "er"):
-            ks = _alloc.erk_counts(g_sizes, shapes, sparsity, kernel=config.allocation == "erk")
+            ks = alloc_rules.erk_counts(g_sizes, shapes, sparsity, kernel=config.allocation == "erk")
         else:
             pm = path_map if path_map is not None else config.path_map(paths, sparsity is not None)
             ks = [num_pruned(s, n) for s, n in zip(pm.at(step, sparsity), g_sizes)]

@@ -64,7 +64,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcomp.core.base import Compressor
-from jaxcomp.prune import scores as _scores
+from jaxcomp.prune import scores as score_fns
 from jaxcomp.prune.compressors.engine import PruningState, build_pruning, nm_sparsity_check
 from jaxcomp.prune.masks import MaskConfig, apply_masks
 from jaxcomp.prune.patterns import NM
@@ -422,9 +422,9 @@ def obd_pruning(
         elif loss_fn is not None:
             view_loss = lambda p: loss_fn(apply_masks(p, state.masks))
             if hessian == "exact":
-                full = _scores.exact_hessian_diag(view_loss, params)
+                full = score_fns.exact_hessian_diag(view_loss, params)
             else:
-                full = _scores.hutchinson_diag(view_loss, params, n_samples=n_samples,
+                full = score_fns.hutchinson_diag(view_loss, params, n_samples=n_samples,
                                                key=jax.random.fold_in(key, state.count))
             h = sel.of(full, "the Hessian diagonal")
         else:

@@ -39,7 +39,7 @@ from jaxcomp.prune.oneshot.obs import (
     sparsegpt_prune,
 )
 from jaxcomp.prune.patterns import NM, as_pattern
-from jaxcomp.select import selectors as _sel
+from jaxcomp.select import selectors
 from jaxcomp.select.leafrules import per_leaf
 from jaxcomp.select.selection import flatten
 
@@ -185,7 +185,7 @@ def obs_prune(
     params = variables["params"] if has_params else variables
     rebuild = (lambda p: {**dict(variables), "params": p}) if has_params else (lambda p: p)
     sel = flatten(params, where, what="obs_prune",
-                  default=_sel.path(r"(.*/)?kernel") & _sel.ndim(min=2),
+                  default=selectors.path(r"(.*/)?kernel") & selectors.ndim(min=2),
                   hint="Select kernels, e.g. where=r'.*/kernel'.")
     selected = sel.sel_paths
     sparsity_of = dict(zip(selected, per_leaf(

@@ -46,7 +46,7 @@ import numpy as np
 
 from jaxcomp.core.errors import check_in_range, list_paths
 from jaxcomp.ops.kth import num_pruned
-from jaxcomp.prune.oneshot import obs as _obs
+from jaxcomp.prune.oneshot import obs as obs_solver
 from jaxcomp.prune.oneshot.calibration import calibration_chunks, layer_inputs, linen_layers
 from jaxcomp.select.selection import flatten
 
@@ -285,10 +285,10 @@ def thinet_prune(
         if x.shape[-1] != w.shape[-2]:
             raise ValueError(f"parameter '{path}': inputs have {x.shape[-1]} channels but the "
                              f"kernel {tuple(w.shape)} expects {w.shape[-2]}")
-        feats, w2 = _obs.conv_patches(x, conv, path=path), _obs.conv_kernel_2d(w)
+        feats, w2 = obs_solver.conv_patches(x, conv, path=path), obs_solver.conv_kernel_2d(w)
         per = int(np.prod(w.shape[:-2]))
     c_in = w2.shape[0] // per
-    a = np.asarray(_obs.layer_hessian(feats), np.float64) / 2.0  # XᵀX / n
+    a = np.asarray(obs_solver.layer_hessian(feats), np.float64) / 2.0  # XᵀX / n
     wn = np.asarray(w2, np.float64)
     channel_of = np.repeat(np.arange(c_in), per)  # im2col features are channel-major
     g = channel_gram(a, wn, channel_of)
@@ -312,7 +312,7 @@ def thinet_prune(
         new = dropped
     kernel = jnp.asarray(new, w.dtype)
     if w.ndim != 2:
-        kernel = _obs.conv_kernel_nd(kernel, tuple(w.shape))
+        kernel = obs_solver.conv_kernel_nd(kernel, tuple(w.shape))
     return ChannelPruneResult(jnp.asarray(keep), kernel, _rel_err(a, wn, new),
                               _rel_err(a, wn, dropped))
 
