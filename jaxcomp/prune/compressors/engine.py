@@ -195,20 +195,20 @@ def build_pruning(
 
         def recompute(ws):
             scores = scorer(sel.with_selected(ws) if carried else sel, g, extra, state, acc)
-            s = schedule(step)
-            keeps, frac = compute_keep(config, scores, sel.sel_paths, s, step=step, path_map=pm)
+            keeps, frac = compute_keep(config, scores, sel.sel_paths, s_now, step=step,
+                                       path_map=pm)
             if carried:
                 ws = [masked_weight(w, k) for w, k in zip(ws, keeps)]
-            return (list(keeps), jnp.asarray(s, jnp.float32), jnp.asarray(frac, jnp.float32),
-                    list(ws))
+            return (list(keeps), jnp.asarray(s_now, jnp.float32),
+                    jnp.asarray(frac, jnp.float32), list(ws))
 
         def keep(ws):
             # Between mask updates the stored weights are left alone in mask mode: the forward
             # view is masked anyway, and jaxcomp.keep_compressed keeps them exactly zero.
             return list(ms), state.sparsity, state.pruned_fraction, list(ws)
 
-        do = schedule.is_update_step(step)
-        do = _valid_sparsity_guard(name, schedule, step, do)
+        s_now = schedule(step)
+        do = _valid_sparsity_guard(name, s_now, step, schedule.is_update_step(step))
         operand = list(leaves) if carried else []
         if is_tracer(do):
             keeps, s, frac, new_leaves = lax.cond(do, recompute, keep, operand)
@@ -261,7 +261,7 @@ def _checked_sparsity(name: str, s: jax.Array, step: jax.Array) -> jax.Array:
     return jnp.where(valid, s, jnp.zeros_like(s))
 
 
-def _valid_sparsity_guard(name: str, schedule: Schedule, step: jax.Array, do: Any) -> Any:
+def _valid_sparsity_guard(name: str, s: jax.Array, step: jax.Array, do: Any) -> Any:
     """Refuses a sparsity outside ``[0, 1)`` (or NaN) at an update step.
 
     Concrete: a ``ValueError`` naming the step and the value. Traced (under
@@ -269,7 +269,6 @@ def _valid_sparsity_guard(name: str, schedule: Schedule, step: jax.Array, do: An
     masks keep their last valid value, and a ``checkify`` check reports it to
     callers that run the step under :func:`jax.experimental.checkify.checkify`.
     """
-    s = schedule(step)
     valid = (s >= 0.0) & (s < 1.0)  # False for NaN
     if not (is_tracer(valid) or is_tracer(do)):
         if bool(do) and not bool(valid):
