@@ -11,6 +11,7 @@ import numpy as np
 import optax
 
 from jaxcomp.core.base import Compressor, never_due, update_due, validate_compressor
+from jaxcomp.core.scheduling import host_scheduled
 from jaxcomp.train.losses import LossFn, batch_mask
 from jaxcomp.train.state import TrainState
 
@@ -355,18 +356,23 @@ def _due_in_step(compressor: Compressor, every: int | None) -> Callable[[Any], A
 def _host_updater(compressor: Compressor, every: int | None,
                   donate: bool) -> Callable[[TrainState, int], TrainState]:
     """``host_update(state, t)``: ``compressor.update`` at step ``t`` when it is due."""
+    due = compressor.due
+    if every is not None:
+        due = ((lambda t: t % every == 0) if due is None
+               else (lambda t: t % every == 0 or update_due(compressor, t)))
+    elif due is None:
+        due = lambda t: True  # an update that may change the state on any step
 
-    def run(params, cstate, t):
-        p2, c2 = compressor.update(params, cstate, step=t)
+    def typed_update(params, cstate, *, step, grads=None, **extra):
+        p2, c2 = compressor.update(params, cstate, step=step, grads=grads, **extra)
         return _match_dtypes(p2, params), _match_dtypes(c2, cstate)
 
-    run = jax.jit(run, donate_argnums=(0, 1) if donate else ())
+    sched = host_scheduled(compressor._replace(update=typed_update), due=due, donate=donate)
 
     def host_update(state: TrainState, t: int) -> TrainState:
-        due = update_due(compressor, t)  # validates t: the index of the step just taken
-        if not (due or (every is not None and t % every == 0)):
-            return state
-        params, cstate = run(state.params, state.compressor_state, np.int32(t))
+        params, cstate = sched(state.params, state.compressor_state, step=t)
+        if params is state.params and cstate is state.compressor_state:
+            return state  # not due: no device work
         return state.replace(params=params, compressor_state=cstate)
 
     return host_update
