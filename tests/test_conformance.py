@@ -18,60 +18,19 @@ until it does. Each row is checked for:
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
-from typing import Any
+import importlib
+import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conformance_kit import SCHED, STEPS, Row, grads_at, masks_of, params0, toy_loss
 
 import jaxcomp as jc
 import jaxcomp.prune as jp
 from jaxcomp.config import COMPRESSORS
-
-STEPS = 7  # SCHED reaches its target at step 6
-SCHED = jp.polynomial_schedule(0.0, 0.5, 0, 6, update_every=2)
-
-
-def params0() -> dict:
-    k = jax.random.split(jax.random.key(0), 3)
-    return {
-        "fc1": {"kernel": jax.random.normal(k[0], (6, 8)), "bias": jnp.zeros(8)},
-        "fc2": {"kernel": jax.random.normal(k[1], (8, 4)).astype(jnp.bfloat16),
-                "bias": jnp.zeros(4, jnp.bfloat16)},
-    }
-
-
-def grads_at(t: int) -> dict:
-    return jax.tree.map(lambda x: jax.random.normal(jax.random.fold_in(jax.random.key(9), t),
-                                                    x.shape).astype(x.dtype), params0())
-
-
-def _toy_loss(p):
-    return sum(jnp.sum(jnp.sin(x.astype(jnp.float32)) ** 2) for x in jax.tree.leaves(p))
-
-
-def _masks_of(p):
-    return jax.tree.map(lambda x: jnp.abs(x) > 0.5, p)
-
-
-@dataclasses.dataclass(frozen=True)
-class Row:
-    name: str  # the factory's public name (registry name where registered)
-    build: Callable[[], jc.Compressor]
-    grads: bool = False  # update needs grads=
-    injectable: dict[str, Any] | None = None  # kwargs for inject_hyperparams(factory)(**kw)
-    factory: Callable[..., jc.Compressor] | None = None
-    label: str = ""
-    restrictable: bool = True  # works on a sub-tree (masked, partition)
-
-    @property
-    def id(self) -> str:
-        return self.label or self.name
-
 
 ROWS = [
     Row("identity", jc.identity),
@@ -91,15 +50,28 @@ ROWS = [
         injectable={"sparsity": 0.25, "key": jax.random.key(3), "update_every": 2},
         factory=jp.random_pruning),
     Row("saliency_pruning", lambda: jp.saliency_pruning(SCHED), grads=True),
-    Row("movement_pruning", lambda: jp.movement_pruning(SCHED), grads=True),
-    Row("obd_pruning", lambda: jp.obd_pruning(SCHED, loss_fn=_toy_loss, n_samples=2,
+    Row("movement_pruning", lambda: jp.movement_pruning(SCHED), grads=True, every_step=True),
+    Row("obd_pruning", lambda: jp.obd_pruning(SCHED, loss_fn=toy_loss, n_samples=2,
                                               key=jax.random.key(4))),
     Row("rigl_pruning", lambda: jp.rigl_pruning(0.5, update_every=2, end_step=6,
                                                 key=jax.random.key(1)), grads=True),
     Row("set_pruning", lambda: jp.set_pruning(0.5, update_every=2, end_step=6,
                                               key=jax.random.key(1))),
-    Row("fixed_mask", lambda: jp.fixed_mask(_masks_of(params0())), restrictable=False),
+    Row("fixed_mask", lambda: jp.fixed_mask(masks_of(params0())), restrictable=False),
 ]
+
+
+
+def _family_rows() -> list[Row]:
+    """Rows from every ``tests/conformance_<family>.py`` (a list named ``ROWS``)."""
+    out = []
+    for path in sorted(pathlib.Path(__file__).parent.glob("conformance_*.py")):
+        if path.stem != "conformance_kit":
+            out += importlib.import_module(path.stem).ROWS
+    return out
+
+
+ROWS += _family_rows()
 
 
 def _update(comp, p, s, t, row):
@@ -193,7 +165,7 @@ def test_due_and_reached(row):
     p = params0()
     s = init(p)
     if comp.due is None:
-        assert row.name == "movement_pruning"  # scores accumulate on every step
+        assert row.every_step, f"{row.id} has no due: mark its row every_step=True"
     else:
         host = [jc.update_due(comp, t) for t in range(STEPS)]
         traced = jax.jit(lambda t: jnp.asarray(comp.due(t), bool))
@@ -259,6 +231,8 @@ def test_inject_hyperparams(row):
     b = _run_jit(injected, row, steps=3)[-1]
     _assert_same_tree(b[2], a[2])
     _assert_same_tree(b[1].inner_state, a[1])
+    if "sparsity" not in row.injectable:
+        return
     # a schedule as hyperparameter: the state records its value at the update steps
     kw = dict(row.injectable, sparsity=optax.linear_schedule(0.0, 0.5, 4))
     sched = jc.inject_hyperparams(row.factory, static_args=("where", "key"))(**kw)
