@@ -170,10 +170,17 @@ def test_rules_first_match_wins_and_default():
 
 def test_rules_errors():
     p = _params()
-    with pytest.raises(ValueError, match="no rule matches these parameters"):
+    with pytest.raises(ValueError, match="no select.rules pattern matches these parameters:"
+                       "(.|\n)*Dense_0/bias(.|\n)*pass default="):
         select.rules([(r".*kernel", "k")])(p)
-    with pytest.raises(ValueError, match="rule 1 .* matches no parameter"):
+    with pytest.raises(ValueError, match="pattern '.\\*kernel' gives no parameter its value: "
+                       "every path it matches is taken by an earlier pattern"):
         select.rules([(r".*", "all"), (r".*kernel", "k")])(p)
+    with pytest.raises(ValueError, match="pattern 'Dense_9/.*' matches no parameter path"):
+        select.rules([(r"Dense_9/.*", "x")], default="rest")(p)
+    # a Selector that matches nothing is not an error (only a regex is checked)
+    r = select.rules([(select.ndim(min=5), "big")], default="rest")
+    assert set(jax.tree.leaves(r(p))) == {"rest"}
     with pytest.raises(TypeError, match="label must be a string"):
         select.rules([(r".*", 3)])
     with pytest.raises(TypeError, match="pair"):

@@ -160,9 +160,19 @@ class LeafRule:
         return Entry(key, label, sel, self._check(value, label))
 
     def first(self, path: str, leaf: Any = None) -> int | None:
-        """Index of the first entry whose pattern matches, or None."""
+        """Index of the first entry whose pattern matches, or None.
+
+        An exception raised by a pattern (a callable or Selector) propagates
+        with a note naming the rule (its position and label) and the path.
+        """
         for i, e in enumerate(self.entries):
-            if e.selector(path, leaf):
+            try:
+                hit = e.selector(path, leaf)
+            except Exception as err:
+                err.add_note(f"(raised by rule {i} of {self.what}, {e.label}, "
+                             f"on parameter '{path}')")
+                raise
+            if hit:
                 return i
         return None
 
@@ -192,7 +202,7 @@ class LeafRule:
         return default
 
     def resolve(self, pairs: Sequence[tuple[str, Any]], *, default: Any = REQUIRED,
-                noun: str = "parameter", allow_unused: bool = False,
+                noun: str = "parameter", allow_unused: bool | Callable[[Entry], bool] = False,
                 hint: str | None = None) -> list[Any]:
         """One value per ``(path, leaf)`` pair, in order.
 
@@ -202,7 +212,8 @@ class LeafRule:
           default: the value of leaves no pattern matches; :data:`REQUIRED`
             makes them an error.
           noun: what the leaves are, for messages (``"selected parameter"``).
-          allow_unused: accept patterns that give no leaf its value.
+          allow_unused: accept patterns that give no leaf its value; a
+            callable ``entry -> bool`` accepts only the entries it approves.
           hint: how to fix unmatched leaves (replaces the generic advice).
 
         Raises:
@@ -226,9 +237,9 @@ class LeafRule:
                 out.append(self.entries[i].value)
         if unmatched and default is REQUIRED:
             raise ValueError(self._unmatched_message(unmatched, noun, hint))
-        if not allow_unused:
+        if allow_unused is not True:
             for e, u in zip(self.entries, used):
-                if not u:
+                if not u and not (allow_unused and allow_unused(e)):
                     raise ValueError(self._unused_message(e, pairs, noun))
         return out
 

@@ -333,10 +333,18 @@ def selected_paths(where: Where, params: Any, *, allow_empty: bool = False) -> l
 
 
 class Rules:
-    """Ordered first-match labelling of parameters (see :func:`rules`)."""
+    """Ordered first-match labelling of parameters (see :func:`rules`).
+
+    A :class:`~jaxcomp.select.LeafRule` whose values are labels: the first
+    rule that matches a leaf gives its label. A regex rule that labels no
+    leaf is an error (it is most likely a typo, or shadowed by an earlier
+    rule); a Selector or callable rule may match nothing.
+    """
 
     def __init__(self, rules: Sequence[tuple[Where, str]], default: str | None):
-        checked = []
+        from jaxcomp.select.leafrules import LeafRule
+
+        pairs = []
         for i, item in enumerate(rules):
             if not (isinstance(item, tuple) and len(item) == 2):
                 raise TypeError(
@@ -345,51 +353,28 @@ class Rules:
             w, label = item
             if not isinstance(label, str):
                 raise TypeError(f"rules[{i}]: label must be a string, got {type(label).__name__}")
-            checked.append((w if isinstance(w, Selector) else _as_selector(w), label, w))
+            pairs.append((w if isinstance(w, (str, Selector)) else _as_selector(w), label))
         if default is not None and not isinstance(default, str):
             raise TypeError(f"rules default must be a string label or None, got {default!r}")
-        self.rules = checked
+        self.rule = LeafRule(pairs, what="select.rules")
         self.default = default
 
     @property
     def labels(self) -> list[str]:
-        out = [label for _, label, _ in self.rules]
+        out = [e.value for e in self.rule.entries]
         if self.default is not None:
             out.append(self.default)
         return list(dict.fromkeys(out))
 
     def __call__(self, params: Any) -> Any:
+        from jaxcomp.select.leafrules import REQUIRED
+
         flat, treedef = jax.tree_util.tree_flatten_with_path(params, is_leaf=is_leaf)
-        labels, unmatched = [], []
-        used = [False] * len(self.rules)
-        for kp, leaf in flat:
-            p = path_str(kp)
-            for i, (sel, label, _) in enumerate(self.rules):
-                try:
-                    hit = sel(p, leaf)
-                except Exception as e:
-                    _note_failure(e, f"select.rules: rule {i} ({sel.description} -> '{label}')", p)
-                    raise
-                if hit:
-                    labels.append(label)
-                    used[i] = True
-                    break
-            else:
-                if self.default is None:
-                    unmatched.append(p)
-                labels.append(self.default)
-        if unmatched:
-            raise ValueError(
-                "select.rules: no rule matches these parameters and no default label was "
-                f"given:\n{list_paths(unmatched)}\nAdd a rule for them or pass default='...'."
-            )
-        for i, u in enumerate(used):
-            if not u and isinstance(self.rules[i][2], str):
-                raise ValueError(
-                    f"select.rules: rule {i} ({self.rules[i][2]!r} -> '{self.rules[i][1]}') "
-                    "matches no parameter (an earlier rule may take them all). Available paths:\n"
-                    + list_paths([path_str(kp) for kp, _ in flat], close_to=self.rules[i][2])
-                )
+        labels = self.rule.resolve(
+            [(path_str(kp), leaf) for kp, leaf in flat],
+            default=REQUIRED if self.default is None else self.default,
+            allow_unused=lambda entry: not isinstance(entry.key, str),
+            hint="Add a rule for them or pass default='...'.")
         return jax.tree_util.tree_unflatten(treedef, labels)
 
 
