@@ -19,7 +19,11 @@ import jaxcomp
 
 ROOT = pathlib.Path(jaxcomp.__file__).resolve().parent
 
-FAMILIES = ("prune", "distill", "metrics", "train", "data", "models", "experiment", "cli")
+FAMILIES = ("prune", "quant", "distill", "metrics", "train", "data", "models", "experiment",
+            "cli")
+# Compression families are siblings: none reaches into another's modules (what two
+# families share sits in a lower room, e.g. ``ops``).
+SIBLINGS = ("prune", "quant")
 LOWER = ("core", "select", "parallel", "ops")
 
 # Modules that may execute a file as Python code, and why.
@@ -149,6 +153,12 @@ def test_data_imports_nothing_from_train(imps):
 
 def test_train_imports_nothing_from_prune(imps):
     assert violations(imps, "jaxcomp.train", ("jaxcomp.prune",)) == []
+
+
+@pytest.mark.parametrize("family", SIBLINGS)
+def test_compression_families_import_no_sibling(imps, family):
+    others = tuple(f"jaxcomp.{f}" for f in SIBLINGS + ("distill", "train") if f != family)
+    assert violations(imps, f"jaxcomp.{family}", others) == []
 
 
 @pytest.mark.parametrize("room", LOWER)
