@@ -294,12 +294,34 @@ class LowRank(CompressedLeaf):
         return self.rank * (m + n) / (m * n)
 
 
+def _fits_blocks(sshape: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    """Whether ``sshape`` broadcasts against ``shape``, blocks allowed (sizes that divide)."""
+    if len(sshape) > len(shape):
+        return False
+    sshape = (1,) * (len(shape) - len(sshape)) + sshape
+    return all(n in (1, d) or (n > 0 and d % n == 0) for n, d in zip(sshape, shape))
+
+
+def _expand_blocks(arr: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Repeats the block axes of ``arr`` (``1 < n < size``) so that it broadcasts to ``shape``."""
+    if not hasattr(arr, "shape") or len(arr.shape) > len(shape):
+        return arr
+    lead = len(shape) - len(arr.shape)
+    for ax, n in enumerate(arr.shape):
+        d = shape[lead + ax]
+        if 1 < n < d:
+            arr = jnp.repeat(arr, d // n, axis=ax)
+    return arr
+
+
 @compressed_leaf
 class QArray(CompressedLeaf):
     """Integer codes with an affine scale: ``dense = (values - zero_point) * scale``.
 
     ``scale`` and ``zero_point`` broadcast against ``values`` (per-tensor
-    scalars, or per-channel with size-1 axes elsewhere). ``bits`` is the code
+    scalars, or per-channel with size-1 axes elsewhere), or hold *blocks*: an
+    axis of size ``n`` that divides the values' size ``d`` gives one entry
+    per contiguous block of ``d / n`` codes (per-group quantization). ``bits`` is the code
     width actually used (``values`` may be held in a wider integer dtype), and
     :meth:`storage_bits` charges ``bits`` per code plus the scales and zero
     points at their dtypes.
@@ -360,14 +382,12 @@ class QArray(CompressedLeaf):
             arr = getattr(self, name)
             if not hasattr(arr, "shape"):
                 continue
-            try:
-                np.broadcast_shapes(tuple(arr.shape), tuple(self.values.shape))
-            except ValueError:
+            if not _fits_blocks(tuple(arr.shape), tuple(self.values.shape)):
                 raise ValueError(
                     f"QArray: {name} of shape {tuple(arr.shape)} does not broadcast against "
                     f"values of shape {tuple(self.values.shape)}; keep size-1 axes for "
-                    "per-channel parameters"
-                ) from None
+                    "per-channel parameters (or a divisor of the size for per-group blocks)"
+                )
         self._check_codes()
 
     def _check_codes(self) -> None:
@@ -416,10 +436,12 @@ class QArray(CompressedLeaf):
         return np.dtype(self.dense_dtype)
 
     def materialize(self) -> jax.Array:
-        v = self.values.astype(self.dtype)
-        return ((v - self.zero_point.astype(self.dtype)) * self.scale.astype(self.dtype)).astype(
-            self.dtype
-        )
+        # Narrow float dtypes compute in float32 and round once at the end.
+        ct = jnp.promote_types(self.dtype, jnp.float32)
+        v = self.values.astype(ct)
+        zp = _expand_blocks(self.zero_point, v.shape).astype(ct)
+        scale = _expand_blocks(self.scale, v.shape).astype(ct)
+        return ((v - zp) * scale).astype(self.dtype)
 
     def storage_bits(self) -> int:
         side = sum(int(np.size(a)) * dtype_bits(a.dtype) for a in (self.scale, self.zero_point))

@@ -1,0 +1,1 @@
+"""Quantization, binarization and parameter sharing."""
