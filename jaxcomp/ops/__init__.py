@@ -15,6 +15,11 @@
   (:func:`capture_linen`) and nnx (:func:`capture_nnx`), with an early stop
   after the last needed call — the one way distillation taps and
   calibration passes look inside a model.
+* :mod:`~jaxcomp.ops.hessian`: layer Hessians ``2XᵀX/n`` streamed over
+  calibration data, im2col for convolutions and the calibration pass over
+  a linen model — shared by OBS/SparseGPT pruning and GPTQ quantization
+  (:func:`layer_hessian`, :func:`accumulate_hessian`,
+  :func:`model_layer_hessian`, :func:`conv_patches`, ...).
 
 Nothing here imports a family (``prune``, ``distill``, ``metrics``, ...);
 the families import from here.
@@ -26,8 +31,24 @@ Example:
   [False, True, False, True]
 """
 
-from jaxcomp.ops import capture, kth, ste
+from jaxcomp.ops import capture, hessian, kth, ste
 from jaxcomp.ops.capture import Captured, ModuleInfo, capture_linen, capture_nnx, module_of
+from jaxcomp.ops.hessian import (
+    HessianState,
+    accumulate_hessian,
+    calibration_chunks,
+    conv_kernel_2d,
+    conv_kernel_nd,
+    conv_patches,
+    init_hessian,
+    layer_hessian,
+    layer_inputs,
+    layer_rows,
+    linen_layers,
+    model_layer_hessian,
+    reconstruction_error,
+    rel_error_from_hessian,
+)
 from jaxcomp.ops.kth import (
     DEFAULT_WAYS,
     bottomk_mask,
@@ -55,22 +76,37 @@ __all__ = [
     "DEFAULT_WAYS",
     "MODES",
     "Captured",
+    "HessianState",
     "ModuleInfo",
+    "accumulate_hessian",
     "bottomk_mask",
     "bottomk_mask_unsharded",
+    "calibration_chunks",
     "capture",
     "capture_linen",
     "capture_nnx",
     "check_finite",
+    "conv_kernel_2d",
+    "conv_kernel_nd",
+    "conv_patches",
     "count_true",
+    "hessian",
+    "init_hessian",
     "is_tracer",
     "kth",
     "kth_smallest",
+    "layer_hessian",
+    "layer_inputs",
+    "layer_rows",
+    "linen_layers",
     "mask_view",
     "masked_weight",
+    "model_layer_hessian",
     "module_of",
     "num_pruned",
     "ordered_key",
+    "reconstruction_error",
+    "rel_error_from_hessian",
     "smallest_k_masks",
     "sr_ste_masked_weight",
     "ste",

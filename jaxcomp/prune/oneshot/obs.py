@@ -17,11 +17,13 @@ independent least-squares problem sharing the Hessian ``H = 2 XᵀX / n``.
   selection) by the OBS saliency ``w² / [chol(H⁻¹)]_qq²``, or per group of
   ``m`` for N:M patterns.
 * :func:`init_hessian` / :func:`accumulate_hessian` / :func:`layer_hessian`
-  — streaming ``H`` over calibration chunks.
+  — streaming ``H`` over calibration chunks (from :mod:`jaxcomp.ops.hessian`,
+  shared with the quantization family, and re-exported here).
 * :func:`jaxcomp.prune.oneshot.obs_model.obs_prune` — the model-level driver
   (see its docstring for the memory bound).
 
-Convolutions are handled by im2col (:func:`conv_patches`): a Flax ``Conv``
+Convolutions are handled by im2col (:func:`conv_patches`, also from
+:mod:`jaxcomp.ops.hessian`): a Flax ``Conv``
 kernel ``(*k, cin, cout)`` is the Dense kernel ``(cin·prod(k), cout)`` acting
 on patches whose features are ordered channel-major (``lax``'s patch
 layout); grouped convolutions (``feature_group_count > 1``) are rejected.
@@ -36,15 +38,25 @@ References:
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple
+from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
 from jaxcomp.core.errors import check_in_range
+from jaxcomp.ops.hessian import (
+    HessianState,
+    accumulate_hessian,
+    conv_kernel_2d,
+    conv_kernel_nd,
+    conv_patches,
+    init_hessian,
+    layer_hessian,
+    reconstruction_error,
+    rel_error_from_hessian,
+)
 from jaxcomp.ops.kth import bottomk_mask_unsharded, num_pruned
 from jaxcomp.prune.patterns import NM, Unstructured, as_pattern, nm_keep
 
@@ -61,101 +73,6 @@ __all__ = [
     "rel_error_from_hessian",
     "sparsegpt_prune",
 ]
-
-
-# ----------------------------------------------------------------------------- Hessian
-
-
-class HessianState(NamedTuple):
-    """Running ``H = 2/n Σ x xᵀ`` of a layer's inputs and the sample count ``n``."""
-
-    hessian: jax.Array
-    count: int
-
-
-def init_hessian(n_features: int) -> HessianState:
-    """An empty accumulator for inputs with ``n_features`` features."""
-    return HessianState(jnp.zeros((n_features, n_features), jnp.float32), 0)
-
-
-def accumulate_hessian(state: HessianState, x: jax.typing.ArrayLike) -> HessianState:
-    """Adds a chunk of inputs ``x: (..., features)`` to the running Hessian.
-
-    The running mean is rescaled in place, so memory stays one ``d × d``
-    matrix however many chunks are seen, and the result equals the one-shot
-    ``2 XᵀX / n`` of all chunks stacked.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> x = jnp.arange(12.0).reshape(6, 2)
-      >>> s = accumulate_hessian(accumulate_hessian(init_hessian(2), x[:4]), x[4:])
-      >>> bool(jnp.allclose(s.hessian, 2 * x.T @ x / 6)), s.count
-      (True, 6)
-    """
-    x = jnp.asarray(x, jnp.float32)
-    d = state.hessian.shape[0]
-    if x.ndim < 1 or x.shape[-1] != d:
-        raise ValueError(
-            f"accumulate_hessian: inputs of shape {tuple(x.shape)} do not have {d} features in the "
-            "last axis; pass the inputs of the layer the Hessian belongs to"
-        )
-    x = x.reshape(-1, d)
-    m = x.shape[0]
-    n = state.count + m
-    if m == 0:
-        return state
-    return HessianState(_acc(state.hessian, x, state.count / n, 2.0 / n), n)
-
-
-@jax.jit
-def _acc(h, x, a, b):
-    return h * a + b * (x.T @ x)
-
-
-def layer_hessian(x: jax.typing.ArrayLike, *, chunk_size: int | None = None) -> jax.Array:
-    """``2 XᵀX / n`` for inputs ``x: (..., features)``, optionally in chunks of rows.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> layer_hessian(jnp.eye(2)).tolist()
-      [[1.0, 0.0], [0.0, 1.0]]
-    """
-    x = jnp.asarray(x, jnp.float32)
-    x = x.reshape(-1, x.shape[-1])
-    step = x.shape[0] if chunk_size is None else int(chunk_size)
-    state = init_hessian(x.shape[-1])
-    for i in range(0, x.shape[0], max(step, 1)):
-        state = accumulate_hessian(state, x[i:i + step])
-    return state.hessian
-
-
-def reconstruction_error(w: jax.typing.ArrayLike, w_hat: jax.typing.ArrayLike,
-                         hessian: jax.typing.ArrayLike) -> float:
-    """``||X W - X Ŵ||² / ||X W||²`` computed from ``H = 2XᵀX/n`` (no inputs needed).
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> reconstruction_error(jnp.ones((2, 1)), jnp.zeros((2, 1)), jnp.eye(2))
-      1.0
-    """
-    return float(rel_error_from_hessian(jnp.asarray(w, jnp.float32),
-                                        jnp.asarray(w_hat, jnp.float32),
-                                        jnp.asarray(hessian, jnp.float32)))
-
-
-@jax.jit
-def rel_error_from_hessian(w: jax.Array, w_hat: jax.Array, h: jax.Array) -> jax.Array:
-    """:func:`reconstruction_error` as a float32 scalar array, for use under ``jit``.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> float(rel_error_from_hessian(jnp.ones((2, 1)), jnp.zeros((2, 1)), jnp.eye(2)))
-      1.0
-    """
-    dw = w - w_hat
-    num = jnp.sum(dw * (h @ dw))
-    den = jnp.sum(w * (h @ w))
-    return num / jnp.where(den > 0, den, 1.0)
 
 
 # ----------------------------------------------------------------------------- OBS / SparseGPT
@@ -383,87 +300,3 @@ def sparsegpt_prune(
             f"raise percdamp (now {percdamp}) or use more calibration samples"
         )
     return w_new, keep
-
-
-# ----------------------------------------------------------------------------- im2col
-
-
-def _conv_padding(padding: Any, nd: int, path: str) -> Any:
-    if isinstance(padding, str):
-        if padding.upper() in ("SAME", "VALID"):
-            return padding.upper()
-        raise ValueError(f"layer '{path}': padding={padding!r} is not supported by im2col "
-                         "(use 'SAME', 'VALID' or explicit pairs)")
-    if isinstance(padding, int):
-        return [(padding, padding)] * nd
-    return [(p, p) if isinstance(p, int) else tuple(p) for p in padding]
-
-
-def conv_patches(x: jax.typing.ArrayLike, conv: nn.Conv, *, path: str = "conv") -> jax.Array:
-    """im2col for a Flax ``nn.Conv``: ``(N·positions, cin·prod(kernel_size))`` patches.
-
-    Features are ordered channel-major (``lax.conv_general_dilated_patches``),
-    so the matching Dense kernel is ``kernel.transpose(cin, *k, cout)`` reshaped
-    to ``(cin·prod(k), cout)`` (see :func:`conv_kernel_2d`).
-
-    Example:
-      >>> import jax, jax.numpy as jnp, flax.linen as nn
-      >>> conv = nn.Conv(3, (2, 2), padding="VALID")
-      >>> x = jnp.ones((1, 4, 4, 2))
-      >>> conv_patches(x, conv).shape
-      (9, 8)
-    """
-    x = jnp.asarray(x)
-    if conv.feature_group_count != 1:
-        raise ValueError(f"layer '{path}': grouped/depthwise convolutions "
-                         f"(feature_group_count={conv.feature_group_count}) are not supported")
-    ks = tuple(conv.kernel_size)
-    nd = len(ks)
-    if x.ndim != nd + 2:
-        raise ValueError(f"layer '{path}': im2col needs batched inputs (N, *spatial, C), got "
-                         f"shape {tuple(x.shape)}")
-    one = (1,) * nd
-    strides = one if conv.strides is None else (
-        (conv.strides,) * nd if isinstance(conv.strides, int) else tuple(conv.strides))
-    kd = one if conv.kernel_dilation is None else (
-        (conv.kernel_dilation,) * nd if isinstance(conv.kernel_dilation, int)
-        else tuple(conv.kernel_dilation))
-    idl = one if conv.input_dilation is None else (
-        (conv.input_dilation,) * nd if isinstance(conv.input_dilation, int)
-        else tuple(conv.input_dilation))
-    sp = "DHW"[-nd:] if nd <= 3 else None
-    if sp is None:
-        raise ValueError(f"layer '{path}': only 1-3 spatial dims are supported")
-    dn = lax.conv_dimension_numbers(x.shape, (*ks, x.shape[-1], 1),
-                                    (f"N{sp}C", f"{sp}IO", f"N{sp}C"))
-    p = lax.conv_general_dilated_patches(
-        x.astype(jnp.float32), ks, strides, _conv_padding(conv.padding, nd, path),
-        lhs_dilation=idl, rhs_dilation=kd, dimension_numbers=dn)
-    return p.reshape(-1, p.shape[-1])
-
-
-def conv_kernel_2d(kernel: jax.Array) -> jax.Array:
-    """Flax conv kernel ``(*k, cin, cout)`` → im2col kernel ``(cin·prod(k), cout)``.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> conv_kernel_2d(jnp.zeros((3, 3, 4, 8))).shape
-      (36, 8)
-    """
-    nd = kernel.ndim - 2
-    perm = (nd, *range(nd), nd + 1)
-    return jnp.transpose(kernel, perm).reshape(-1, kernel.shape[-1])
-
-
-def conv_kernel_nd(k2: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """Inverse of :func:`conv_kernel_2d`: back to the Flax layout ``shape``.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> k = jnp.arange(2 * 3 * 4 * 5.0).reshape(2, 3, 4, 5)
-      >>> bool(jnp.all(conv_kernel_nd(conv_kernel_2d(k), k.shape) == k))
-      True
-    """
-    nd = len(shape) - 2
-    t = k2.reshape(shape[nd], *shape[:nd], shape[-1])
-    return jnp.transpose(t, (*range(1, nd + 1), 0, nd + 1))

@@ -4,9 +4,9 @@ Walks a Flax linen model's Dense and Conv layers in forward order, captures
 each selected layer's inputs on calibration data (from the already-pruned
 model, as SparseGPT does), accumulates the layer Hessian chunk by chunk and
 prunes the kernel with :func:`jaxcomp.prune.oneshot.obs.sparsegpt_prune`. The
-inputs are recorded by :mod:`jaxcomp.prune.oneshot.calibration` (on
-:func:`jaxcomp.ops.capture.capture_linen`), shared with
-:mod:`jaxcomp.prune.oneshot.thinet`.
+inputs are recorded and the Hessian accumulated by :mod:`jaxcomp.ops.hessian`
+(on :func:`jaxcomp.ops.capture.capture_linen`), shared with
+:mod:`jaxcomp.prune.oneshot.thinet` and GPTQ quantization.
 
 References:
   Frantar & Alistarh, SparseGPT: massive language models can be accurately
@@ -27,17 +27,16 @@ import numpy as np
 
 from jaxcomp.core.errors import check_in_range, list_paths
 from jaxcomp.ops.capture import module_of
-from jaxcomp.ops.kth import bottomk_mask_unsharded, num_pruned
-from jaxcomp.prune.oneshot.calibration import calibration_chunks, layer_inputs, linen_layers
-from jaxcomp.prune.oneshot.obs import (
-    accumulate_hessian,
+from jaxcomp.ops.hessian import (
+    calibration_chunks,
     conv_kernel_2d,
     conv_kernel_nd,
-    conv_patches,
-    init_hessian,
+    linen_layers,
+    model_layer_hessian,
     rel_error_from_hessian,
-    sparsegpt_prune,
 )
+from jaxcomp.ops.kth import bottomk_mask_unsharded, num_pruned
+from jaxcomp.prune.oneshot.obs import sparsegpt_prune
 from jaxcomp.prune.patterns import NM, as_pattern
 from jaxcomp.select import selectors
 from jaxcomp.select.leafrules import per_leaf
@@ -74,26 +73,6 @@ class ObsPruneResult(NamedTuple):
     variables: Any
     masks: Any
     layers: tuple[ObsLayerStats, ...]
-
-
-def _as_rows(x: jax.Array, module: nn.Module, path: str) -> jax.Array:
-    """A layer input as the rows of ``X`` (im2col patches for a convolution)."""
-    if isinstance(module, nn.Conv):
-        return conv_patches(x, module, path=path)
-    x = jnp.asarray(x, jnp.float32)
-    return x.reshape(-1, x.shape[-1])
-
-
-def _layer_hessian_from_model(apply_fn, variables, chunks, mod_path, module, n_calls, d):
-    state = init_hessian(d)
-    for c in chunks:
-        for raw in layer_inputs(apply_fn, variables, c, mod_path, n_calls):
-            xi = _as_rows(raw, module, mod_path)
-            if not bool(jnp.all(jnp.isfinite(xi))):
-                raise ValueError(f"the inputs of layer '{mod_path}' contain NaN or Inf on the "
-                                 "calibration data (an earlier layer overflowed)")
-            state = accumulate_hessian(state, xi)
-    return state
 
 
 def _check_sparsity(value: Any, label: str) -> Any:
@@ -226,8 +205,8 @@ def obs_prune(
         is_conv = isinstance(mods[mp], nn.Conv)
         w2 = conv_kernel_2d(w) if is_conv else w
         src = rebuild(tree(cur)) if sequential else variables
-        st = _layer_hessian_from_model(apply_fn, src, chunks, mp, mods[mp], layers[mp].calls,
-                                       w2.shape[0])
+        st = model_layer_hessian(apply_fn, src, chunks, mp, mods[mp], layers[mp].calls,
+                                 w2.shape[0])
         s = sparsity_of[p]
         new2, keep2 = sparsegpt_prune(w2, st.hessian, s, blocksize=blocksize,
                                       percdamp=percdamp, pattern=pattern, path=p)

@@ -1,0 +1,473 @@
+"""Layer Hessians from calibration data: the shared machinery of layer-wise solvers.
+
+Layer-wise one-shot methods (OBS/SparseGPT pruning, GPTQ quantization) pose
+compression of a Dense layer ``y = x @ W`` (Flax layout ``W: (in, out)``) as
+reconstruction on calibration inputs ``X: (n, in)``: every output column is
+an independent least-squares problem sharing the Hessian ``H = 2 XᵀX / n``.
+This module holds what those solvers share:
+
+* :func:`init_hessian` / :func:`accumulate_hessian` / :func:`layer_hessian`
+  — ``H`` streamed over calibration chunks (one ``d × d`` matrix in memory);
+* :func:`reconstruction_error` / :func:`rel_error_from_hessian` —
+  ``||XW - XŴ||² / ||XW||²`` from ``H`` alone;
+* im2col for Flax convolutions: :func:`conv_patches` (the rows of ``X``),
+  :func:`conv_kernel_2d` / :func:`conv_kernel_nd` (a conv kernel as the
+  matching Dense kernel and back);
+* the calibration pass over a linen model: :func:`calibration_chunks`,
+  :func:`linen_layers` (the modules a model runs, in forward order),
+  :func:`layer_inputs` (one layer's inputs, the forward pass stopped after
+  its last call, via :func:`jaxcomp.ops.capture.capture_linen`),
+  :func:`layer_rows` and :func:`model_layer_hessian` (a layer's ``H``
+  accumulated chunk by chunk).
+
+Grouped/depthwise convolutions (``feature_group_count > 1``) are rejected
+by im2col.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> x = jnp.array([[1.0, 0.0], [0.0, 2.0]])
+  >>> w, w_hat = jnp.ones((2, 1)), jnp.array([[1.0], [0.5]])
+  >>> round(reconstruction_error(w, w_hat, layer_hessian(x)), 6)
+  0.2
+
+References:
+  Hassibi & Stork, Optimal Brain Surgeon (NeurIPS 1993). Frantar & Alistarh,
+  SparseGPT, arXiv:2301.00774. Frantar et al., GPTQ, arXiv:2210.17323.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxcomp.ops.capture import ModuleInfo, capture_linen
+
+__all__ = [
+    "HessianState",
+    "accumulate_hessian",
+    "calibration_chunks",
+    "conv_kernel_2d",
+    "conv_kernel_nd",
+    "conv_patches",
+    "init_hessian",
+    "layer_hessian",
+    "layer_inputs",
+    "layer_rows",
+    "linen_layers",
+    "model_layer_hessian",
+    "reconstruction_error",
+    "rel_error_from_hessian",
+]
+
+
+# ----------------------------------------------------------------------------- Hessian
+
+
+class HessianState(NamedTuple):
+    """Running ``H = 2/n Σ x xᵀ`` of a layer's inputs and the sample count ``n``."""
+
+    hessian: jax.Array
+    count: int
+
+
+def init_hessian(n_features: int) -> HessianState:
+    """An empty accumulator for inputs with ``n_features`` features.
+
+    Args:
+      n_features: the layer's input width ``d``.
+
+    Returns:
+      A :class:`HessianState` holding a ``(d, d)`` float32 zero matrix and count 0.
+
+    Example:
+      >>> init_hessian(3).hessian.shape, init_hessian(3).count
+      ((3, 3), 0)
+    """
+    return HessianState(jnp.zeros((n_features, n_features), jnp.float32), 0)
+
+
+def accumulate_hessian(state: HessianState, x: jax.typing.ArrayLike) -> HessianState:
+    """Adds a chunk of inputs ``x: (..., features)`` to the running Hessian.
+
+    The running mean is rescaled in place, so memory stays one ``d × d``
+    matrix however many chunks are seen, and the result equals the one-shot
+    ``2 XᵀX / n`` of all chunks stacked.
+
+    Args:
+      state: the accumulator so far.
+      x: inputs whose last axis has the accumulator's ``d`` features.
+
+    Returns:
+      The updated :class:`HessianState`.
+
+    Raises:
+      ValueError: ``x`` does not have ``d`` features in its last axis.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> x = jnp.arange(12.0).reshape(6, 2)
+      >>> s = accumulate_hessian(accumulate_hessian(init_hessian(2), x[:4]), x[4:])
+      >>> bool(jnp.allclose(s.hessian, 2 * x.T @ x / 6)), s.count
+      (True, 6)
+    """
+    x = jnp.asarray(x, jnp.float32)
+    d = state.hessian.shape[0]
+    if x.ndim < 1 or x.shape[-1] != d:
+        raise ValueError(
+            f"accumulate_hessian: inputs of shape {tuple(x.shape)} do not have {d} features in the "
+            "last axis; pass the inputs of the layer the Hessian belongs to"
+        )
+    x = x.reshape(-1, d)
+    m = x.shape[0]
+    n = state.count + m
+    if m == 0:
+        return state
+    return HessianState(_acc(state.hessian, x, state.count / n, 2.0 / n), n)
+
+
+@jax.jit
+def _acc(h, x, a, b):
+    return h * a + b * (x.T @ x)
+
+
+def layer_hessian(x: jax.typing.ArrayLike, *, chunk_size: int | None = None) -> jax.Array:
+    """``2 XᵀX / n`` for inputs ``x: (..., features)``, optionally in chunks of rows.
+
+    Args:
+      x: the layer's inputs; all leading axes are rows.
+      chunk_size: rows per accumulation step (default: all at once).
+
+    Returns:
+      The ``(features, features)`` float32 Hessian.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> layer_hessian(jnp.eye(2)).tolist()
+      [[1.0, 0.0], [0.0, 1.0]]
+    """
+    x = jnp.asarray(x, jnp.float32)
+    x = x.reshape(-1, x.shape[-1])
+    step = x.shape[0] if chunk_size is None else int(chunk_size)
+    state = init_hessian(x.shape[-1])
+    for i in range(0, x.shape[0], max(step, 1)):
+        state = accumulate_hessian(state, x[i:i + step])
+    return state.hessian
+
+
+def reconstruction_error(w: jax.typing.ArrayLike, w_hat: jax.typing.ArrayLike,
+                         hessian: jax.typing.ArrayLike) -> float:
+    """``||X W - X Ŵ||² / ||X W||²`` computed from ``H = 2XᵀX/n`` (no inputs needed).
+
+    Args:
+      w: the reference kernel ``(in, out)``.
+      w_hat: its compressed version, same shape.
+      hessian: ``(in, in)`` Hessian of the layer's inputs.
+
+    Returns:
+      The relative squared reconstruction error as a Python float (0 when
+      ``XW`` is zero).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> reconstruction_error(jnp.ones((2, 1)), jnp.zeros((2, 1)), jnp.eye(2))
+      1.0
+    """
+    return float(rel_error_from_hessian(jnp.asarray(w, jnp.float32),
+                                        jnp.asarray(w_hat, jnp.float32),
+                                        jnp.asarray(hessian, jnp.float32)))
+
+
+@jax.jit
+def rel_error_from_hessian(w: jax.Array, w_hat: jax.Array, h: jax.Array) -> jax.Array:
+    """:func:`reconstruction_error` as a float32 scalar array, for use under ``jit``.
+
+    Args:
+      w: the reference kernel ``(in, out)``.
+      w_hat: its compressed version.
+      h: ``(in, in)`` Hessian.
+
+    Returns:
+      A scalar array.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> float(rel_error_from_hessian(jnp.ones((2, 1)), jnp.zeros((2, 1)), jnp.eye(2)))
+      1.0
+    """
+    dw = w - w_hat
+    num = jnp.sum(dw * (h @ dw))
+    den = jnp.sum(w * (h @ w))
+    return num / jnp.where(den > 0, den, 1.0)
+
+
+# ----------------------------------------------------------------------------- im2col
+
+
+def _conv_padding(padding: Any, nd: int, path: str) -> Any:
+    if isinstance(padding, str):
+        if padding.upper() in ("SAME", "VALID"):
+            return padding.upper()
+        raise ValueError(f"layer '{path}': padding={padding!r} is not supported by im2col "
+                         "(use 'SAME', 'VALID' or explicit pairs)")
+    if isinstance(padding, int):
+        return [(padding, padding)] * nd
+    return [(p, p) if isinstance(p, int) else tuple(p) for p in padding]
+
+
+def _tuple(v: Any, nd: int) -> tuple[int, ...]:
+    if v is None:
+        return (1,) * nd
+    return (v,) * nd if isinstance(v, int) else tuple(v)
+
+
+def conv_patches(x: jax.typing.ArrayLike, conv: nn.Conv, *, path: str = "conv") -> jax.Array:
+    """im2col for a Flax ``nn.Conv``: ``(N·positions, cin·prod(kernel_size))`` patches.
+
+    Features are ordered channel-major (``lax.conv_general_dilated_patches``),
+    so the matching Dense kernel is ``kernel.transpose(cin, *k, cout)`` reshaped
+    to ``(cin·prod(k), cout)`` (see :func:`conv_kernel_2d`).
+
+    Args:
+      x: the convolution's batched input ``(N, *spatial, cin)``.
+      conv: the ``nn.Conv`` module (its kernel size, strides, padding and
+        dilations are read).
+      path: the layer's name in error messages.
+
+    Returns:
+      The float32 patches, one row per output position.
+
+    Raises:
+      ValueError: grouped convolutions, unbatched inputs, unsupported padding
+        or more than 3 spatial dims.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, flax.linen as nn
+      >>> conv = nn.Conv(3, (2, 2), padding="VALID")
+      >>> x = jnp.ones((1, 4, 4, 2))
+      >>> conv_patches(x, conv).shape
+      (9, 8)
+    """
+    x = jnp.asarray(x)
+    if conv.feature_group_count != 1:
+        raise ValueError(f"layer '{path}': grouped/depthwise convolutions "
+                         f"(feature_group_count={conv.feature_group_count}) are not supported")
+    ks = tuple(conv.kernel_size)
+    nd = len(ks)
+    if x.ndim != nd + 2:
+        raise ValueError(f"layer '{path}': im2col needs batched inputs (N, *spatial, C), got "
+                         f"shape {tuple(x.shape)}")
+    if nd > 3:
+        raise ValueError(f"layer '{path}': only 1-3 spatial dims are supported")
+    sp = "DHW"[-nd:]
+    dn = lax.conv_dimension_numbers(x.shape, (*ks, x.shape[-1], 1),
+                                    (f"N{sp}C", f"{sp}IO", f"N{sp}C"))
+    p = lax.conv_general_dilated_patches(
+        x.astype(jnp.float32), ks, _tuple(conv.strides, nd), _conv_padding(conv.padding, nd, path),
+        lhs_dilation=_tuple(conv.input_dilation, nd), rhs_dilation=_tuple(conv.kernel_dilation, nd),
+        dimension_numbers=dn)
+    return p.reshape(-1, p.shape[-1])
+
+
+def conv_kernel_2d(kernel: jax.Array) -> jax.Array:
+    """Flax conv kernel ``(*k, cin, cout)`` → im2col kernel ``(cin·prod(k), cout)``.
+
+    Args:
+      kernel: a Flax convolution kernel.
+
+    Returns:
+      The Dense kernel acting on :func:`conv_patches` rows.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> conv_kernel_2d(jnp.zeros((3, 3, 4, 8))).shape
+      (36, 8)
+    """
+    nd = kernel.ndim - 2
+    perm = (nd, *range(nd), nd + 1)
+    return jnp.transpose(kernel, perm).reshape(-1, kernel.shape[-1])
+
+
+def conv_kernel_nd(k2: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Inverse of :func:`conv_kernel_2d`: back to the Flax layout ``shape``.
+
+    Args:
+      k2: an im2col kernel ``(cin·prod(k), cout)``.
+      shape: the Flax kernel shape ``(*k, cin, cout)``.
+
+    Returns:
+      ``k2`` in the Flax layout.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> k = jnp.arange(2 * 3 * 4 * 5.0).reshape(2, 3, 4, 5)
+      >>> bool(jnp.all(conv_kernel_nd(conv_kernel_2d(k), k.shape) == k))
+      True
+    """
+    nd = len(shape) - 2
+    t = k2.reshape(shape[nd], *shape[:nd], shape[-1])
+    return jnp.transpose(t, (*range(1, nd + 1), 0, nd + 1))
+
+
+# ----------------------------------------------------------------------------- calibration
+
+
+def calibration_chunks(calib_x: Any, chunk_size: int | None = None) -> list[jax.Array]:
+    """Calibration inputs as a list of batches, each checked to be non-empty and finite.
+
+    Args:
+      calib_x: a batch ``(N, ...)`` or a list of such chunks.
+      chunk_size: rows per chunk when ``calib_x`` is one batch (default: all).
+
+    Returns:
+      The chunks, in order.
+
+    Raises:
+      ValueError: empty data, a bad ``chunk_size``, NaN or Inf in a chunk.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> [c.shape for c in calibration_chunks(jnp.ones((5, 3)), 2)]
+      [(2, 3), (2, 3), (1, 3)]
+    """
+    if isinstance(calib_x, (list, tuple)):
+        chunks = [jnp.asarray(c) for c in calib_x]
+    else:
+        x = jnp.asarray(calib_x)
+        if x.ndim == 0 or x.shape[0] == 0:
+            raise ValueError("calib_x is empty: pass a batch (N, ...) of calibration inputs")
+        step = x.shape[0] if chunk_size is None else int(chunk_size)
+        if step < 1:
+            raise ValueError(f"chunk_size={chunk_size!r} must be a positive int")
+        chunks = [x[i:i + step] for i in range(0, x.shape[0], step)]
+    if not chunks or any(c.ndim == 0 or c.shape[0] == 0 for c in chunks):
+        raise ValueError("calib_x is empty: pass a batch (N, ...) of calibration inputs or a "
+                         "list of such chunks")
+    for i, c in enumerate(chunks):
+        if jnp.issubdtype(c.dtype, jnp.floating) and not bool(jnp.all(jnp.isfinite(c))):
+            raise ValueError(f"calib_x chunk {i} contains NaN or Inf; clean the calibration "
+                             "data (e.g. drop those examples) before calibrating")
+    return chunks
+
+
+def linen_layers(apply_fn: Callable[..., Any], variables: Any, x: Any) -> dict[str, ModuleInfo]:
+    """Every module ``apply_fn(variables, x)`` runs, in forward (first-call) order.
+
+    Args:
+      apply_fn: a Flax linen apply function.
+      variables: what ``apply_fn`` takes.
+      x: one input batch (a single example suffices).
+
+    Returns:
+      ``{module path: ModuleInfo}`` in first-call order.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxcomp.models import mlp
+      >>> model = mlp((4, 8, 3))
+      >>> v = model.init(jax.random.key(0), jnp.ones((1, 4)))
+      >>> {p: (type(m.module).__name__, m.calls) for p, m in linen_layers(model.apply, v,
+      ...                                                                  jnp.ones((1, 4))).items()}
+      {'': ('MLP', 1), 'fc1': ('Dense', 1), 'fc2': ('Dense', 1)}
+    """
+    return capture_linen(apply_fn, variables, x).modules
+
+
+def layer_inputs(apply_fn: Callable[..., Any], variables: Any, x: Any, path: str,
+                 calls: int) -> tuple[Any, ...]:
+    """The inputs of the ``calls`` calls of module ``path``; the pass stops after the last.
+
+    Args:
+      apply_fn: a Flax linen apply function.
+      variables: what ``apply_fn`` takes.
+      x: the input batch.
+      path: the module's canonical path.
+      calls: how many calls to record (``ModuleInfo.calls``).
+
+    Returns:
+      One input per call.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxcomp.models import mlp
+      >>> model = mlp((4, 8, 3))
+      >>> v = model.init(jax.random.key(0), jnp.ones((1, 4)))
+      >>> [a.shape for a in layer_inputs(model.apply, v, jnp.ones((2, 4)), "fc2", 1)]
+      [(2, 8)]
+    """
+    cap = capture_linen(apply_fn, variables, x, where=re.escape(path), record="inputs",
+                        stop_after={path: calls})
+    return cap.inputs[path]
+
+
+def layer_rows(x: jax.typing.ArrayLike, module: nn.Module, path: str = "layer") -> jax.Array:
+    """A Dense or Conv layer's input as the rows of ``X`` (im2col patches for a convolution).
+
+    Args:
+      x: the input the module was called with.
+      module: the ``nn.Dense`` or ``nn.Conv``.
+      path: the layer's name in error messages.
+
+    Returns:
+      ``(rows, features)`` float32, ``features`` matching the (im2col) kernel's inputs.
+
+    Example:
+      >>> import jax.numpy as jnp, flax.linen as nn
+      >>> layer_rows(jnp.ones((2, 3, 4)), nn.Dense(5)).shape
+      (6, 4)
+    """
+    if isinstance(module, nn.Conv):
+        return conv_patches(x, module, path=path)
+    x = jnp.asarray(x, jnp.float32)
+    return x.reshape(-1, x.shape[-1])
+
+
+def model_layer_hessian(apply_fn: Callable[..., Any], variables: Any, chunks: list[Any],
+                        path: str, module: nn.Module, calls: int, n_features: int
+                        ) -> HessianState:
+    """The Hessian of one Dense/Conv layer's inputs over every calibration chunk.
+
+    For each chunk the model runs until the layer's last call (the inputs of
+    all ``calls`` calls are rows of ``X``); at most one chunk of the layer's
+    inputs is held at a time.
+
+    Args:
+      apply_fn: a Flax linen apply function.
+      variables: what ``apply_fn`` takes (e.g. with earlier layers already compressed).
+      chunks: calibration batches (:func:`calibration_chunks`).
+      path: the module's canonical path.
+      module: the ``nn.Dense`` / ``nn.Conv`` (:func:`linen_layers`).
+      calls: the module's number of calls per forward pass.
+      n_features: the (im2col) kernel's input width.
+
+    Returns:
+      The accumulated :class:`HessianState`.
+
+    Raises:
+      ValueError: the layer's inputs contain NaN or Inf.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxcomp.models import mlp
+      >>> model = mlp((4, 8, 3))
+      >>> v = model.init(jax.random.key(0), jnp.ones((1, 4)))
+      >>> mods = linen_layers(model.apply, v, jnp.ones((1, 4)))
+      >>> st = model_layer_hessian(model.apply, v, [jnp.ones((5, 4))], "fc1",
+      ...                          mods["fc1"].module, 1, 4)
+      >>> st.count, st.hessian.tolist()[0]
+      (5, [2.0, 2.0, 2.0, 2.0])
+    """
+    state = init_hessian(n_features)
+    for c in chunks:
+        for raw in layer_inputs(apply_fn, variables, c, path, calls):
+            xi = layer_rows(raw, module, path)
+            if not bool(jnp.all(jnp.isfinite(xi))):
+                raise ValueError(f"the inputs of layer '{path}' contain NaN or Inf on the "
+                                 "calibration data (an earlier layer overflowed)")
+            state = accumulate_hessian(state, xi)
+    return state
