@@ -11,19 +11,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jaxcomp.core.leaves import QArray
-from jaxcomp.quant.uniform import (
+from jaxcomp.quant.grid import (
     MIN_SCALE,
     clip_ste,
-    compute_scale,
-    dequantize,
     expand_scale,
-    fake_quant,
     normalize_axes,
     quant_range,
-    quantize,
     round_ste,
     stochastic_round,
     validate_bits,
+)
+from jaxcomp.quant.uniform import (
+    compute_scale,
+    dequantize,
+    fake_quant,
+    quantize,
 )
 
 RNG = np.random.default_rng(0)
@@ -87,7 +89,7 @@ def test_compute_scale_matches_numpy(axis, keep, symmetric):
 
 def test_compute_scale_groups_match_numpy():
     x = RNG.normal(size=(3, 3, 8, 4)).astype(np.float32)  # HWIO: groups of 4 input channels
-    s, z = compute_scale(x, bits=4, axis=-1, group_size=4)
+    s, _z = compute_scale(x, bits=4, axis=-1, group_size=4)
     assert s.shape == (1, 1, 2, 4)
     for gi in range(2):
         blk = x[:, :, 4 * gi:4 * gi + 4, :]
@@ -113,17 +115,17 @@ def test_compute_scale_mask_and_zero_channels():
 
 
 @pytest.mark.parametrize("kwargs,exc,msg", [
-    (dict(axis=2), ValueError, "axis=2 is out of range"),
-    (dict(axis=-1, group_size=5), ValueError, "group_size=5 does not divide axis 0"),
-    (dict(axis=-1, group_size=0), ValueError, "group_size=0 must be >= 1"),
-    (dict(axis=-1, group_size=2, group_axis=1), ValueError, "is a channel axis"),
-    (dict(axis=(0, 1), group_size=2), ValueError, "every axis"),
-    (dict(group_axis=0), ValueError, "needs group_size"),
-    (dict(mask=np.ones((8, 6), bool)), ValueError, "mask of shape"),
-    (dict(bits=0), ValueError, "bits=0"),
+    ({"axis": 2}, ValueError, "axis=2 is out of range"),
+    ({"axis": -1, "group_size": 5}, ValueError, "group_size=5 does not divide axis 0"),
+    ({"axis": -1, "group_size": 0}, ValueError, "group_size=0 must be >= 1"),
+    ({"axis": -1, "group_size": 2, "group_axis": 1}, ValueError, "is a channel axis"),
+    ({"axis": (0, 1), "group_size": 2}, ValueError, "every axis"),
+    ({"group_axis": 0}, ValueError, "needs group_size"),
+    ({"mask": np.ones((8, 6), bool)}, ValueError, "mask of shape"),
+    ({"bits": 0}, ValueError, "bits=0"),
 ])
 def test_compute_scale_errors(kwargs, exc, msg):
-    kw = dict(bits=8) | kwargs
+    kw = {"bits": 8} | kwargs
     with pytest.raises(exc, match=msg):
         compute_scale(W, **kw)
 
@@ -288,3 +290,16 @@ def test_expand_scale():
         expand_scale(s, (3, 2))
     with pytest.raises(ValueError, match="does not broadcast"):
         QArray(jnp.zeros((3, 2), jnp.int8), s, jnp.int8(0), bits=4)
+
+
+def test_reduction_plan_and_scale_from_range():
+    plan = reduction_plan((6, 8), axis=-1, group_size=3)
+    assert plan == ((2, 3, 8), (1,), (2, 8), 0)
+    assert reduction_plan((6, 8)).reduce_axes == (0, 1)
+    s, z = scale_from_range(jnp.array([-1.0, 0.5, jnp.inf]), jnp.array([3.0, 2.0, -jnp.inf]),
+                            bits=2, symmetric=False)
+    # the range always contains 0; an empty range gives the floor scale
+    np.testing.assert_allclose(s, [4 / 3, 2 / 3, MIN_SCALE], rtol=1e-6)
+    assert z.tolist() == [1.0, 0.0, 0.0]
+    s, z = scale_from_range(-2.0, 1.0, bits=3)
+    assert float(s) == pytest.approx(2 / 3) and float(z) == 0.0

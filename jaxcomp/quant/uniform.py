@@ -63,8 +63,6 @@ References:
 
 from __future__ import annotations
 
-import numbers
-from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -73,7 +71,28 @@ import numpy as np
 
 from jaxcomp.core.errors import concrete
 from jaxcomp.core.leaves import QArray
+from jaxcomp.quant.grid import (
+    MIN_SCALE,
+    ROUNDINGS,
+    STES,
+    Axis,
+    block_layout,
+    check_finite_weights,
+    check_float,
+    check_rounding,
+    clip_inside,
+    clip_ste,
+    expand_scale,
+    normalize_axes,
+    quant_range,
+    reduction_plan,
+    round_ste,
+    stochastic_round,
+    validate_bits,
+)
 
+# The grid helpers are defined in jaxcomp.quant.grid and re-exported here, so that
+# ``from jaxcomp.quant.uniform import quant_range, round_ste, ...`` keeps working.
 __all__ = [
     "MIN_SCALE",
     "ROUNDINGS",
@@ -88,323 +107,10 @@ __all__ = [
     "quant_range",
     "quantize",
     "round_ste",
+    "scale_from_range",
     "stochastic_round",
     "validate_bits",
 ]
-
-ROUNDINGS = ("nearest", "stochastic")
-STES = ("clipped", "identity")
-MIN_SCALE = float(np.finfo(np.float32).tiny)
-"""The floor of computed scales (the smallest normal float32)."""
-
-Axis = int | Sequence[int] | None
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def validate_bits(bits: Any, what: str = "bits", *, low: int = 1, high: int = 16) -> int:
-    """Checks a static bit width and returns it as a Python int.
-
-    Args:
-      bits: the bit width (a Python or NumPy integer, not traced).
-      what: how messages name it (``"bits for 'fc/kernel'"``).
-      low: smallest allowed value.
-      high: largest allowed value.
-
-    Returns:
-      ``int(bits)``.
-
-    Raises:
-      TypeError: ``bits`` is not an integer (a float, a bool, a traced array).
-      ValueError: ``bits`` outside ``[low, high]``.
-
-    Example:
-      >>> validate_bits(8)
-      8
-      >>> validate_bits(17)
-      Traceback (most recent call last):
-        ...
-      ValueError: bits=17 is outside [1, 16]; pass an integer bit width between 1 and 16
-    """
-    if isinstance(bits, bool) or not isinstance(bits, (numbers.Integral, np.integer)):
-        raise TypeError(f"{what} must be a Python int (a static bit width), got "
-                        f"{type(bits).__name__} {bits!r}")
-    bits = int(bits)
-    if not low <= bits <= high:
-        raise ValueError(f"{what}={bits} is outside [{low}, {high}]; pass an integer bit width "
-                         f"between {low} and {high}")
-    return bits
-
-
-def quant_range(bits: int, *, symmetric: bool = True) -> tuple[int, int]:
-    """The integer code range ``(q_min, q_max)`` of a ``bits``-bit quantizer.
-
-    Args:
-      bits: bit width in ``[1, 16]`` (``[2, 16]`` when symmetric).
-      symmetric: signed narrow range ``[-(2^(b-1) - 1), 2^(b-1) - 1]``
-        (zero point 0) if True, unsigned ``[0, 2^b - 1]`` otherwise.
-
-    Returns:
-      ``(q_min, q_max)`` as Python ints.
-
-    Raises:
-      ValueError: bits out of range, or ``bits=1`` with ``symmetric=True``.
-      TypeError: non-integer bits.
-
-    Example:
-      >>> quant_range(8), quant_range(8, symmetric=False), quant_range(2)
-      ((-127, 127), (0, 255), (-1, 1))
-    """
-    bits = validate_bits(bits)
-    if symmetric:
-        if bits == 1:
-            raise ValueError("bits=1 with symmetric=True leaves only the code 0; use "
-                             "symmetric=False (codes {0, 1}) or a binarizing quantizer "
-                             "(sign(w) times a scale)")
-        half = (1 << (bits - 1)) - 1
-        return -half, half
-    return 0, (1 << bits) - 1
-
-
-def normalize_axes(axis: Axis, ndim: int, what: str = "axis") -> tuple[int, ...]:
-    """Normalizes ``axis`` (None, an int or a tuple; negative allowed) to sorted non-negative ints.
-
-    Raises:
-      ValueError: an axis outside ``[-ndim, ndim)`` or repeated.
-      TypeError: a non-integer axis.
-
-    Example:
-      >>> normalize_axes(-1, 3), normalize_axes((0, -1), 3), normalize_axes(None, 2)
-      ((2,), (0, 2), ())
-    """
-    if axis is None:
-        return ()
-    items = (axis,) if isinstance(axis, (numbers.Integral, np.integer)) else axis
-    try:
-        items = tuple(items)
-    except TypeError:
-        raise TypeError(f"{what} must be None, an int or a tuple of ints, got "
-                        f"{type(axis).__name__}") from None
-    out = []
-    for a in items:
-        if isinstance(a, bool) or not isinstance(a, (numbers.Integral, np.integer)):
-            raise TypeError(f"{what} must hold ints, got {a!r}")
-        if not -ndim <= a < ndim:
-            raise ValueError(f"{what}={axis!r} is out of range for an array with {ndim} "
-                             f"dimensions; pass an axis in [{-ndim}, {ndim - 1}]")
-        out.append(int(a) % ndim)
-    if len(set(out)) != len(out):
-        raise ValueError(f"{what}={axis!r} repeats an axis")
-    return tuple(sorted(out))
-
-
-def _float_input(x: Any, what: str) -> jax.Array:
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"{what}: x must be a floating-point array, got dtype {x.dtype}; "
-                        "cast it (e.g. x.astype(jnp.float32)) before quantizing")
-    return x
-
-
-def check_finite_weights(x: Any, what: str, path: str | None = None) -> None:
-    """Raises ``ValueError`` when concrete ``x`` holds NaN or Inf (a no-op for traced ``x``).
-
-    Args:
-      x: an array (checked only when its values are known now).
-      what: the caller, first word of the message.
-      path: the parameter path, if any.
-
-    Raises:
-      ValueError: naming ``what``, the path and the count of bad values.
-
-    Example:
-      >>> check_finite_weights(jnp.array([1.0, jnp.nan]), "fake_quant", "fc/kernel")
-      Traceback (most recent call last):
-        ...
-      ValueError: fake_quant: 'fc/kernel' holds NaN or Inf (1 of 2 values); quantization ranges are undefined for them. Fix the training divergence or replace them (e.g. jnp.nan_to_num) before quantizing.
-    """
-    host = concrete(x)
-    if host is None or not jnp.issubdtype(host.dtype, jnp.floating):
-        return
-    bad = int(np.sum(~np.isfinite(np.asarray(host, np.float32))))
-    if bad:
-        at = f"'{path}'" if path else "x"
-        raise ValueError(
-            f"{what}: {at} holds NaN or Inf ({bad} of {host.size} values); quantization ranges "
-            "are undefined for them. Fix the training divergence or replace them (e.g. "
-            "jnp.nan_to_num) before quantizing.")
-
-
-def _check_options(what: str, rounding: str, key: Any, ste: str) -> None:
-    if rounding not in ROUNDINGS:
-        raise ValueError(f"{what}: rounding={rounding!r} must be one of {ROUNDINGS}")
-    if ste not in STES:
-        raise ValueError(f"{what}: ste={ste!r} must be one of {STES}")
-    if rounding == "stochastic" and key is None:
-        raise ValueError(f"{what}: rounding='stochastic' needs a PRNG key; pass "
-                         "key=jax.random.key(0) (a fresh key per step)")
-
-
-# --------------------------------------------------------------------------- STE helpers
-
-
-@jax.custom_jvp
-def round_ste(x: jax.Array) -> jax.Array:
-    """Round half to even in the forward pass, identity gradient (straight-through).
-
-    Example:
-      >>> import jax
-      >>> round_ste(jnp.array([0.4, 1.5, 2.5])).tolist(), float(jax.grad(round_ste)(0.4))
-      ([0.0, 2.0, 2.0], 1.0)
-    """
-    return jnp.round(x)
-
-
-@round_ste.defjvp
-def _round_ste_jvp(primals, tangents):
-    (x,), (dx,) = primals, tangents
-    return jnp.round(x), dx
-
-
-@jax.custom_jvp
-def clip_ste(x: jax.Array, lo: jax.Array, hi: jax.Array) -> jax.Array:
-    """``clip(x, lo, hi)`` with the identity gradient w.r.t. ``x`` (and none w.r.t. the bounds).
-
-    Example:
-      >>> import jax
-      >>> float(clip_ste(3.0, -1.0, 1.0)), float(jax.grad(clip_ste)(3.0, -1.0, 1.0))
-      (1.0, 1.0)
-    """
-    return jnp.clip(x, lo, hi)
-
-
-@clip_ste.defjvp
-def _clip_ste_jvp(primals, tangents):
-    x, lo, hi = primals
-    dx = tangents[0]
-    return jnp.clip(x, lo, hi), dx
-
-
-def _clip_clipped(y: jax.Array, lo: float, hi: float) -> jax.Array:
-    """``clip(y, lo, hi)`` with gradient 1 on ``[lo, hi]`` (bounds included) and 0 outside."""
-    inside = (y >= lo) & (y <= hi)
-    return jnp.where(inside, y, jax.lax.stop_gradient(jnp.clip(y, lo, hi)))
-
-
-def stochastic_round(y: jax.Array, key: jax.Array) -> jax.Array:
-    """Rounds ``y`` up with probability ``y - floor(y)`` (unbiased); identity gradient.
-
-    Args:
-      y: values to round (float).
-      key: a PRNG key.
-
-    Returns:
-      ``floor(y + u)`` with ``u ~ U[0, 1)``, shape and dtype of ``y``.
-
-    Example:
-      >>> import jax
-      >>> r = stochastic_round(jnp.full((4000,), 0.25), jax.random.key(0))
-      >>> sorted(set(r.tolist())), abs(float(r.mean()) - 0.25) < 0.03
-      ([0.0, 1.0], True)
-
-    References:
-      Gupta et al. 2015, arXiv:1502.02551.
-    """
-    u = jax.random.uniform(key, jnp.shape(y), jnp.float32)
-    down = jnp.floor(y)
-    r = down + (u < (y - down)).astype(y.dtype)
-    return y + jax.lax.stop_gradient(r - y)
-
-
-# --------------------------------------------------------------------------- block scales
-
-
-def _block_layout(shape: tuple[int, ...], sshape: tuple[int, ...], what: str) -> tuple[
-        tuple[int, ...], tuple[int, ...]]:
-    """Split shapes that make a (block) scale broadcast against ``x``.
-
-    Returns ``(x_split, s_split)``: ``x`` reshaped so that each axis where the
-    scale has ``1 < n < size`` entries becomes ``(n, size / n)``, and the
-    scale reshaped with a 1 inserted after it.
-    """
-    if len(sshape) < len(shape):
-        sshape = (1,) * (len(shape) - len(sshape)) + tuple(sshape)
-    if len(sshape) > len(shape):
-        raise ValueError(f"{what}: a scale/zero_point of shape {sshape} has more dimensions "
-                         f"than x of shape {shape}")
-    xs, ss = [], []
-    for d, n in zip(shape, sshape):
-        if n in (1, d):
-            xs.append(d)
-            ss.append(n)
-        elif n > 0 and d % n == 0:
-            xs += [n, d // n]
-            ss += [n, 1]
-        else:
-            raise ValueError(
-                f"{what}: a scale/zero_point of shape {sshape} does not fit x of shape {shape}; "
-                "each of its dimensions must be 1, the size of x's dimension, or a divisor of it "
-                "(one entry per contiguous block)")
-    return tuple(xs), tuple(ss)
-
-
-def expand_scale(scale: jax.typing.ArrayLike, shape: Sequence[int]) -> jax.Array:
-    """Repeats a (block) scale or zero point so that it has ``shape`` exactly.
-
-    Args:
-      scale: per-tensor, per-channel or block scale (see the module docstring).
-      shape: the shape of the quantized array.
-
-    Returns:
-      An array of ``shape`` holding each element's own scale.
-
-    Raises:
-      ValueError: ``scale`` does not fit ``shape``.
-
-    Example:
-      >>> expand_scale(jnp.array([[1.0], [2.0]]), (4, 1)).ravel().tolist()
-      [1.0, 1.0, 2.0, 2.0]
-    """
-    scale = jnp.asarray(scale)
-    shape = tuple(int(d) for d in shape)
-    _block_layout(shape, tuple(scale.shape), "expand_scale")
-    s = scale.reshape((1,) * (len(shape) - scale.ndim) + tuple(scale.shape))
-    for ax, (d, n) in enumerate(zip(shape, s.shape)):
-        if 1 < n < d:
-            s = jnp.repeat(s, d // n, axis=ax)
-    return jnp.broadcast_to(s, shape)
-
-
-# --------------------------------------------------------------------------- scales
-
-
-def _group_layout(shape: tuple[int, ...], keep: tuple[int, ...], group_size: int | None,
-                  group_axis: int | None, what: str) -> int | None:
-    if group_size is None:
-        if group_axis is not None:
-            raise ValueError(f"{what}: group_axis={group_axis} needs group_size")
-        return None
-    if isinstance(group_size, bool) or not isinstance(group_size, (numbers.Integral, np.integer)):
-        raise TypeError(f"{what}: group_size must be a positive int, got {group_size!r}")
-    if group_size < 1:
-        raise ValueError(f"{what}: group_size={group_size} must be >= 1")
-    reduced = [i for i in range(len(shape)) if i not in keep]
-    if not reduced:
-        raise ValueError(f"{what}: group_size needs an axis that is not a channel axis; every "
-                         f"axis of x (shape {shape}) is in axis=")
-    if group_axis is None:
-        g = reduced[-1]
-    else:
-        (g,) = normalize_axes(int(group_axis), len(shape), f"{what}: group_axis")
-        if g in keep:
-            raise ValueError(f"{what}: group_axis={group_axis} is a channel axis (in axis=); "
-                             "groups split an axis that is reduced")
-    if shape[g] % group_size:
-        raise ValueError(
-            f"{what}: group_size={group_size} does not divide axis {g} of x (size {shape[g]}, "
-            f"shape {shape}); pick a divisor of {shape[g]} or another group_axis")
-    return g
 
 
 def compute_scale(
@@ -458,45 +164,68 @@ def compute_scale(
       ([1.3333333730697632], [1.0])
     """
     what = "compute_scale"
-    x = _float_input(x, what)
-    qmin, qmax = quant_range(bits, symmetric=symmetric)
-    keep = normalize_axes(axis, x.ndim, f"{what}: axis")
-    g = _group_layout(tuple(x.shape), keep, group_size, group_axis, what)
+    x = check_float(x, what)
+    quant_range(bits, symmetric=symmetric)
+    plan = reduction_plan(x.shape, axis=axis, group_size=group_size, group_axis=group_axis,
+                          what=what)
     check_finite_weights(x, what)
-    xf = x.astype(jnp.float32)
+    xf = x.astype(jnp.float32).reshape(plan.split_shape)
     m = None
     if mask is not None:
         m = jnp.asarray(mask)
         if m.shape != x.shape:
             raise ValueError(f"{what}: mask of shape {tuple(m.shape)} must have x's shape "
                              f"{tuple(x.shape)}")
-        m = m.astype(bool)
-    out_shape = [d if i in keep else 1 for i, d in enumerate(x.shape)]
-    if g is not None:
-        n = x.shape[g] // group_size
-        split = x.shape[:g] + (n, group_size) + x.shape[g + 1:]
-        xf = xf.reshape(split)
-        m = None if m is None else m.reshape(split)
-        keep_split = tuple(i if i < g else i + 1 for i in keep) + (g,)
-        red = tuple(i for i in range(xf.ndim) if i not in keep_split)
-        out_shape[g] = n
-    else:
-        red = tuple(i for i in range(xf.ndim) if i not in keep)
+        m = m.astype(bool).reshape(plan.split_shape)
+    red = plan.reduce_axes
     if symmetric:
-        a = jnp.abs(xf)
-        if m is not None:
-            a = jnp.where(m, a, 0.0)
-        scale = jnp.max(a, axis=red, keepdims=True) / qmax
-        zp = jnp.zeros_like(scale)
+        a = jnp.abs(xf) if m is None else jnp.where(m, jnp.abs(xf), 0.0)
+        hi = jnp.max(a, axis=red, keepdims=True)
+        lo = -hi
     else:
-        lo_in = xf if m is None else jnp.where(m, xf, jnp.inf)
-        hi_in = xf if m is None else jnp.where(m, xf, -jnp.inf)
-        lo = jnp.minimum(jnp.min(lo_in, axis=red, keepdims=True), 0.0)
-        hi = jnp.maximum(jnp.max(hi_in, axis=red, keepdims=True), 0.0)
-        scale = jnp.maximum((hi - lo) / (qmax - qmin), MIN_SCALE)
-        zp = jnp.clip(jnp.round(qmin - lo / scale), qmin, qmax)
-    scale = jnp.maximum(scale, MIN_SCALE)
-    return scale.reshape(out_shape), zp.reshape(out_shape)
+        lo = jnp.min(xf if m is None else jnp.where(m, xf, jnp.inf), axis=red, keepdims=True)
+        hi = jnp.max(xf if m is None else jnp.where(m, xf, -jnp.inf), axis=red, keepdims=True)
+    scale, zp = scale_from_range(lo, hi, bits=bits, symmetric=symmetric)
+    return scale.reshape(plan.scale_shape), zp.reshape(plan.scale_shape)
+
+
+def scale_from_range(lo: jax.typing.ArrayLike, hi: jax.typing.ArrayLike, *, bits: int,
+                     symmetric: bool = True) -> tuple[jax.Array, jax.Array]:
+    """Scale and zero point that put the clipping range ``[lo, hi]`` on the code grid.
+
+    Symmetric: ``s = max(|lo|, |hi|) / q_max``, ``z = 0``. Asymmetric: the
+    range is first widened to contain 0 (``[min(lo, 0), max(hi, 0)]``, so
+    zero is a code), then ``s = (hi - lo) / (2^b - 1)`` and
+    ``z = clip(round(-lo / s), 0, 2^b - 1)``. Scales are floored at
+    :data:`~jaxcomp.quant.grid.MIN_SCALE`; an empty range (``lo = +inf``,
+    ``hi = -inf``, e.g. a fully masked channel) gives the floor scale.
+
+    Args:
+      lo: lower ends (any shape, broadcast with ``hi``).
+      hi: upper ends.
+      bits: bit width.
+      symmetric: the grid (see :func:`quant_range`).
+
+    Returns:
+      ``(scale, zero_point)`` in float32.
+
+    Example:
+      >>> s, z = scale_from_range(-1.0, 3.0, bits=2, symmetric=False)
+      >>> float(s), float(z)
+      (1.3333333730697632, 1.0)
+      >>> float(scale_from_range(-2.0, 1.0, bits=3)[0])
+      0.6666666865348816
+    """
+    qmin, qmax = quant_range(bits, symmetric=symmetric)
+    lo = jnp.asarray(lo, jnp.float32)
+    hi = jnp.asarray(hi, jnp.float32)
+    lo = jnp.where(jnp.isfinite(lo), jnp.minimum(lo, 0.0), 0.0)
+    hi = jnp.where(jnp.isfinite(hi), jnp.maximum(hi, 0.0), 0.0)
+    if symmetric:
+        scale = jnp.maximum(jnp.maximum(-lo, hi) / qmax, MIN_SCALE)
+        return scale, jnp.zeros_like(scale)
+    scale = jnp.maximum((hi - lo) / (qmax - qmin), MIN_SCALE)
+    return scale, jnp.clip(jnp.round(qmin - lo / scale), qmin, qmax)
 
 
 # --------------------------------------------------------------------------- fake quant
@@ -516,7 +245,7 @@ def _given_scale(x: jax.Array, scale: Any, zero_point: Any, what: str) -> tuple[
                 f"{what}: scale must be finite and > 0 everywhere, got {bad.ravel()[:4].tolist()} "
                 f"({bad.size} bad of {hf.size}); a zero scale means an all-zero range: floor "
                 f"it (e.g. jnp.maximum(scale, {MIN_SCALE:.3g})) or let compute_scale do it")
-    _block_layout(tuple(x.shape), tuple(s.shape), what)
+    block_layout(tuple(x.shape), tuple(s.shape), what)
     if zero_point is None:
         z = jnp.zeros((), jnp.float32)
     else:
@@ -539,12 +268,12 @@ def _given_scale(x: jax.Array, scale: Any, zero_point: Any, what: str) -> tuple[
 def _codes(x: jax.Array, scale: jax.Array, zp: jax.Array, qmin: int, qmax: int,
            rounding: str, key: Any, ste: str) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Codes of ``x`` (float32, block-split layout) and the split scale and zero point."""
-    xs, ss = _block_layout(tuple(x.shape), tuple(scale.shape), "fake_quant")
+    xs, ss = block_layout(tuple(x.shape), tuple(scale.shape), "fake_quant")
     padded = (1,) * (x.ndim - scale.ndim) + tuple(scale.shape)
     s = scale.reshape(ss)
     z = jnp.broadcast_to(zp, padded).reshape(ss) if zp.ndim else zp
     y = x.astype(jnp.float32).reshape(xs) / s + z
-    yc = _clip_clipped(y, qmin, qmax) if ste == "clipped" else clip_ste(y, qmin, qmax)
+    yc = clip_inside(y, qmin, qmax) if ste == "clipped" else clip_ste(y, qmin, qmax)
     q = stochastic_round(yc, key) if rounding == "stochastic" else round_ste(yc)
     return q, s, z
 
@@ -599,8 +328,8 @@ def fake_quant(
       Jacob et al. 2018, arXiv:1712.05877; Bengio et al. 2013, arXiv:1308.3432.
     """
     what = "fake_quant"
-    x = _float_input(x, what)
-    _check_options(what, rounding, key, ste)
+    x = check_float(x, what)
+    check_rounding(what, rounding, key, ste)
     qmin, qmax = quant_range(bits, symmetric=symmetric)
     check_finite_weights(x, what)
     if scale is None:
@@ -669,8 +398,8 @@ def quantize(
       ([-3, 1, 1], [0.5], [-1.5, 0.5, 0.5])
     """
     what = "quantize"
-    x = _float_input(x, what)
-    _check_options(what, rounding, key, "clipped")
+    x = check_float(x, what)
+    check_rounding(what, rounding, key, "clipped")
     bits = validate_bits(bits)
     qmin, qmax = quant_range(bits, symmetric=symmetric)
     check_finite_weights(x, what)
