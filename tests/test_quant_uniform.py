@@ -17,6 +17,7 @@ from jaxcomp.quant.grid import (
     expand_scale,
     normalize_axes,
     quant_range,
+    reduction_plan,
     round_ste,
     stochastic_round,
     validate_bits,
@@ -26,6 +27,7 @@ from jaxcomp.quant.uniform import (
     dequantize,
     fake_quant,
     quantize,
+    scale_from_range,
 )
 
 RNG = np.random.default_rng(0)
