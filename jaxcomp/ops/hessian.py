@@ -37,6 +37,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -264,13 +265,23 @@ def conv_patches(x: jax.typing.ArrayLike, conv: nn.Conv, *, path: str = "conv") 
                          f"shape {tuple(x.shape)}")
     if nd > 3:
         raise ValueError(f"layer '{path}': only 1-3 spatial dims are supported")
-    sp = "DHW"[-nd:]
+    padding = _conv_padding(conv.padding, nd, path)
+    if not isinstance(padding, str):
+        padding = tuple(tuple(int(v) for v in p) for p in padding)
+    return _patches(x, ks=ks, strides=_tuple(conv.strides, nd), padding=padding,
+                    lhs_dilation=_tuple(conv.input_dilation, nd),
+                    rhs_dilation=_tuple(conv.kernel_dilation, nd))
+
+
+@functools.partial(jax.jit, static_argnames=("ks", "strides", "padding", "lhs_dilation",
+                                             "rhs_dilation"))
+def _patches(x, *, ks, strides, padding, lhs_dilation, rhs_dilation):
+    sp = "DHW"[-len(ks):]
     dn = lax.conv_dimension_numbers(x.shape, (*ks, x.shape[-1], 1),
                                     (f"N{sp}C", f"{sp}IO", f"N{sp}C"))
     p = lax.conv_general_dilated_patches(
-        x.astype(jnp.float32), ks, _tuple(conv.strides, nd), _conv_padding(conv.padding, nd, path),
-        lhs_dilation=_tuple(conv.input_dilation, nd), rhs_dilation=_tuple(conv.kernel_dilation, nd),
-        dimension_numbers=dn)
+        x.astype(jnp.float32), ks, strides, padding, lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation, dimension_numbers=dn)
     return p.reshape(-1, p.shape[-1])
 
 
@@ -288,6 +299,11 @@ def conv_kernel_2d(kernel: jax.Array) -> jax.Array:
       >>> conv_kernel_2d(jnp.zeros((3, 3, 4, 8))).shape
       (36, 8)
     """
+    return _kernel_2d(jnp.asarray(kernel))
+
+
+@jax.jit
+def _kernel_2d(kernel):
     nd = kernel.ndim - 2
     perm = (nd, *range(nd), nd + 1)
     return jnp.transpose(kernel, perm).reshape(-1, kernel.shape[-1])
@@ -309,6 +325,11 @@ def conv_kernel_nd(k2: jax.Array, shape: tuple[int, ...]) -> jax.Array:
       >>> bool(jnp.all(conv_kernel_nd(conv_kernel_2d(k), k.shape) == k))
       True
     """
+    return _kernel_nd(jnp.asarray(k2), shape=tuple(int(d) for d in shape))
+
+
+@functools.partial(jax.jit, static_argnames=("shape",))
+def _kernel_nd(k2, *, shape):
     nd = len(shape) - 2
     t = k2.reshape(shape[nd], *shape[:nd], shape[-1])
     return jnp.transpose(t, (*range(1, nd + 1), 0, nd + 1))
