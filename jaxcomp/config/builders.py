@@ -189,6 +189,11 @@ def _register_builtins() -> None:
         COMPRESSORS.register(key, _with_sparsity_schedule(fn, key))
     for key, fn in (("rigl_pruning", jp.rigl_pruning), ("set_pruning", jp.set_pruning)):
         COMPRESSORS.register(key, fn)
+    from jaxcomp.quant import compressors as jqc
+
+    for key, fn in (("fake_quantization", jqc.fake_quantization),
+                    ("lsq_quantization", jqc.lsq_quantization)):
+        COMPRESSORS.register(key, fn)
 
 
 _register_builtins()
