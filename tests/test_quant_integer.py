@@ -10,7 +10,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jaxcomp import data
-from jaxcomp.quant.intercept import ActQuant, ActRange, ActRanges, act_quantized
 from jaxcomp.quant.integer_model import IntegerModel, act_codes, export_integer
 from jaxcomp.quant.integer_ops import (
     fold_batchnorm,
@@ -20,6 +19,7 @@ from jaxcomp.quant.integer_ops import (
     quantize_multiplier,
     requantize,
 )
+from jaxcomp.quant.intercept import ActQuant, ActRange, ActRanges, act_quantized
 from jaxcomp.quant.uniform import fake_quant, quantize
 
 RNG = np.random.default_rng(0)
