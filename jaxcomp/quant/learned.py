@@ -38,6 +38,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import ClassVar
 
@@ -119,10 +120,16 @@ def lsq_init_step(
     return jnp.maximum(2.0 * m / math.sqrt(qp), MIN_SCALE).reshape(plan.scale_shape)
 
 
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def _scaled_grad(s: jax.Array, g: float) -> jax.Array:
-    """``s`` in the forward pass, gradient multiplied by ``g``."""
-    sg = s * g
-    return sg + jax.lax.stop_gradient(s - sg)
+    """``s`` exactly in the forward pass, gradient multiplied by ``g``."""
+    return s
+
+
+@_scaled_grad.defjvp
+def _scaled_grad_jvp(g, primals, tangents):
+    (s,), (ds,) = primals, tangents
+    return s, ds * g
 
 
 def lsq_fake_quant(
