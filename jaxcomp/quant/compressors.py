@@ -51,14 +51,13 @@ from jaxcomp.quant.grid import (
     MIN_SCALE,
     check_finite_weights,
     check_rounding,
-    quant_range,
     reduction_plan,
     validate_bits,
 )
 from jaxcomp.quant.learned import LsqArray, lsq_fake_quant, lsq_init_step
 from jaxcomp.quant.uniform import fake_quant, quantize
 from jaxcomp.select import selectors
-from jaxcomp.select.leafrules import per_leaf
+from jaxcomp.select.leafrules import LeafRule, per_leaf
 from jaxcomp.select.selection import Selected, flatten
 
 __all__ = [
@@ -156,7 +155,7 @@ _HINT = ("Select at least one weight (e.g. where=r'.*/kernel'); the default take
          "with ndim >= 2.")
 
 
-def _bits_rule(bits: Any, sel: Selected, name: str, symmetric: bool) -> list[int]:
+def _bits_validator(symmetric: bool):
     def validate(value: Any, label: str) -> int:
         b = validate_bits(value, label)
         if symmetric and b == 1:
@@ -164,8 +163,17 @@ def _bits_rule(bits: Any, sel: Selected, name: str, symmetric: bool) -> list[int
                              "symmetric=False or at least 2 bits")
         return b
 
+    return validate
+
+
+def _check_bits_rule(bits: Any, name: str, symmetric: bool) -> None:
+    """Checks a scalar or every rule value now (a callable's values are checked per leaf)."""
+    LeafRule(bits, what=f"{name}: bits", validate=_bits_validator(symmetric))
+
+
+def _bits_rule(bits: Any, sel: Selected, name: str, symmetric: bool) -> list[int]:
     return per_leaf(bits, sel, what=f"{name}: bits", noun="quantized weight",
-                    validate=validate,
+                    validate=_bits_validator(symmetric),
                     hint="Add a last rule r'.*' or narrow where= to the weights the rules cover.")
 
 
@@ -297,10 +305,7 @@ def fake_quantization(
     update_every = _check_period(update_every, f"{name}: update_every")
     dynamic = calibration in DYNAMIC_METHODS
     stochastic = rounding == "stochastic"
-    # fail early on rules that can be checked without params
-    if not callable(bits) and not isinstance(bits, (Mapping, list, tuple)):
-        b = validate_bits(bits, f"{name}: bits")
-        quant_range(b, symmetric=symmetric)
+    _check_bits_rule(bits, name, symmetric)
 
     def select(params):
         return _select(params, where, name, bits, symmetric, axis, group_size, group_axis,
@@ -499,8 +504,7 @@ def lsq_quantization(
       Esser et al. 2020, arXiv:1902.08153.
     """
     name = "lsq_quantization"
-    if not callable(bits) and not isinstance(bits, (Mapping, list, tuple)):
-        quant_range(validate_bits(bits, f"{name}: bits"), symmetric=symmetric)
+    _check_bits_rule(bits, name, symmetric)
 
     def select(params):
         sel = flatten(params, where, what=name, default=_lsq_where(), hint=_HINT, noun="weight",
