@@ -408,10 +408,10 @@ def kmeans_quantize(
 
     Example:
       >>> import jax.numpy as jnp
-      >>> w = jnp.array([[0.0, -1.1, 2.0], [-0.9, 0.0, 2.2]])
+      >>> w = jnp.array([[0.0, -1.1, 2.0, 0.4], [-0.9, 0.0, 2.2, 0.6]])
       >>> cb = kmeans_quantize(w, bits=2, mask="nonzero")
       >>> [round(v, 2) for v in cb.centroids.tolist()], cb.indices.tolist()
-      ([0.0, -1.0, 0.55, 2.1], [[0, 1, 3], [1, 0, 3]])
+      ([0.0, -1.0, 0.5, 2.1], [[0, 1, 3, 2], [1, 0, 3, 2]])
       >>> cb.index_bits
       2
 
