@@ -69,8 +69,8 @@ def _check_int(name: str, value: Any, low: int, high: int | None, what: str) -> 
     return value
 
 
-def check_bits(bits: Any, what: str) -> int:
-    """``bits`` as an int in ``[1, 16]``, or a clear error naming ``what``.
+def check_bits(bits: Any, what: str, label: str = "bits") -> int:
+    """``bits`` as an int in ``[1, 16]``, or a clear error naming ``what`` (and ``label``).
 
     Example:
       >>> check_bits(4, "demo")
@@ -81,11 +81,11 @@ def check_bits(bits: Any, what: str) -> int:
       ValueError: demo: bits=0 is outside [1, 16]; pass an integer bit width between 1 and 16 (2**bits shared values)
     """
     if isinstance(bits, bool) or not isinstance(bits, (numbers.Integral, np.integer)):
-        raise TypeError(f"{what}: bits must be a Python int in [1, 16], got "
+        raise TypeError(f"{what}: {label} must be a Python int in [1, 16], got "
                         f"{type(bits).__name__} {bits!r}")
     bits = int(bits)
     if not 1 <= bits <= 16:
-        raise ValueError(f"{what}: bits={bits} is outside [1, 16]; pass an integer bit width "
+        raise ValueError(f"{what}: {label}={bits} is outside [1, 16]; pass an integer bit width "
                          "between 1 and 16 (2**bits shared values)")
     return bits
 
