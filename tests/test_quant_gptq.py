@@ -87,7 +87,8 @@ def test_gptq_matches_unblocked_column_loop(bits, gs, sym, bs):
     assert out.kernel.dtype == jnp.float32
     assert out.scale.shape == ((1, OUT) if gs is None else (D // gs, OUT))
     q = out.qarray()
-    assert q.bits == bits and q.shape == (D, OUT)
+    assert q.bits == bits and q.shape == (D, OUT) and q.values.dtype == out.codes.dtype
+    assert out.codes.dtype == (jnp.int8 if sym else jnp.uint8)
     np.testing.assert_allclose(q.materialize(), out.kernel, atol=1e-6)
     codes = np.asarray(q.values, np.int64)
     assert codes.min() >= (-(2 ** (bits - 1) - 1) if sym else 0)

@@ -64,11 +64,10 @@ from jaxcomp.quant.uniform import (
     expand_scale,
     fake_quant,
     quant_range,
-    quantize,
     validate_bits,
 )
 
-__all__ = ["GPTQOutput", "check_group_size", "gptq", "round_to_nearest"]
+__all__ = ["GPTQOutput", "check_group_size", "code_dtype", "gptq", "round_to_nearest"]
 
 
 class GPTQOutput(NamedTuple):
@@ -77,6 +76,8 @@ class GPTQOutput(NamedTuple):
     Attributes:
       kernel: the dequantized kernel ``(in, out)``, in the input's dtype;
         every entry lies on its column's (group's) grid.
+      codes: the integer codes, ``(in, out)``: int8/int16 (symmetric) or
+        uint8/uint16 (asymmetric), the narrowest holding ``bits``.
       scale: float32 step sizes, ``(1, out)`` per channel or ``(in / g, out)``
         per group (block scales of :mod:`jaxcomp.quant.uniform`).
       zero_point: integer-valued float32, the scale's shape (0 when symmetric).
@@ -85,23 +86,31 @@ class GPTQOutput(NamedTuple):
     """
 
     kernel: jax.Array
+    codes: jax.Array
     scale: jax.Array
     zero_point: jax.Array
     bits: int
     symmetric: bool
 
     def qarray(self) -> QArray:
-        """The kernel as integer codes in a :class:`~jaxcomp.core.leaves.QArray`.
+        """The codes, scales and zero points as a :class:`~jaxcomp.core.leaves.QArray`.
 
         Its ``materialize()`` equals :attr:`kernel` (up to float rounding).
         """
-        return _quantize(self.kernel, self.scale, self.zero_point, bits=self.bits,
-                         symmetric=self.symmetric)
+        return QArray(self.codes, self.scale, self.zero_point.astype(self.codes.dtype),
+                      bits=self.bits, dense_dtype=self.kernel.dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("bits", "symmetric"))
-def _quantize(kernel, scale, zero_point, *, bits, symmetric):
-    return quantize(kernel, bits=bits, symmetric=symmetric, scale=scale, zero_point=zero_point)
+def code_dtype(bits: int, symmetric: bool) -> np.dtype:
+    """The narrowest integer dtype holding ``bits``-bit codes of the grid.
+
+    Example:
+      >>> code_dtype(4, True), code_dtype(8, False), code_dtype(12, True)
+      (dtype('int8'), dtype('uint8'), dtype('int16'))
+    """
+    if symmetric:
+        return np.dtype(np.int8 if bits <= 8 else np.int16)
+    return np.dtype(np.uint8 if bits <= 8 else np.uint16)
 
 
 def check_group_size(group_size: Any, n_in: int, path: str = "kernel") -> int | None:
@@ -279,7 +288,8 @@ def _gptq_kernel(w_in, h, percdamp, act_order, *, bits, symmetric, bs, gs, lazy)
     (w, st, zt), _ = lax.scan(block, (w, st, zt), jnp.arange(nb))
     inv = jnp.argsort(perm)
     w, st, zt = w[:, :n_in][:, inv], st[:, :n_in][:, inv], zt[:, :n_in][:, inv]
-    return w.T, st.T[::gs], zt.T[::gs], h_ok, jnp.all(jnp.isfinite(w))
+    codes = jnp.round(w / st + zt).astype(code_dtype(bits, symmetric))
+    return w.T, codes.T, st.T[::gs], zt.T[::gs], h_ok, jnp.all(jnp.isfinite(w))
 
 
 def gptq(
@@ -306,8 +316,8 @@ def gptq(
       symmetric: absmax grid with signed codes (True) or min/max with an
         integer zero point and unsigned codes (False, the paper's choice).
       blocksize: inputs per lazy-update block; with groups it is rounded down
-        to a multiple of ``group_size`` (at least one group). It changes only
-        float rounding, not the result.
+        to a multiple of ``group_size`` (at least one group). It changes the
+        result only through float rounding.
       percdamp: ``λ = percdamp · mean(diag H)`` is added to the diagonal.
       act_order: process inputs by decreasing ``H_ii`` (see the module docstring).
       path: the parameter's name in error messages.
@@ -352,7 +362,7 @@ def gptq(
         bs = min(max(blocksize // g, 1) * g, n_in)
     lazy = g is not None and not act_order
     w32 = w if w.dtype == jnp.float32 else w.astype(jnp.float32)
-    kernel, scale, zero_point, h_ok, w_ok = _gptq_kernel(
+    kernel, codes, scale, zero_point, h_ok, w_ok = _gptq_kernel(
         w32, h, jnp.float32(percdamp), jnp.bool_(act_order), bits=bits,
         symmetric=bool(symmetric), bs=bs, gs=n_in if g is None else g, lazy=lazy)
     if not bool(h_ok):
@@ -364,4 +374,4 @@ def gptq(
             f"raise percdamp (now {percdamp}) or use more calibration samples")
     if w.dtype != jnp.float32:
         kernel = kernel.astype(w.dtype)
-    return GPTQOutput(kernel, scale, zero_point, bits, bool(symmetric))
+    return GPTQOutput(kernel, codes, scale, zero_point, bits, bool(symmetric))

@@ -19,7 +19,6 @@ References:
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -30,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcomp.core.errors import list_paths
+from jaxcomp.core.leaves import QArray
 from jaxcomp.ops.capture import module_of
 from jaxcomp.ops.hessian import (
     calibration_chunks,
@@ -40,7 +40,7 @@ from jaxcomp.ops.hessian import (
     rel_error_from_hessian,
 )
 from jaxcomp.quant.gptq import check_group_size, gptq, round_to_nearest
-from jaxcomp.quant.uniform import quantize, validate_bits
+from jaxcomp.quant.uniform import validate_bits
 from jaxcomp.select import selectors
 from jaxcomp.select.leafrules import per_leaf
 from jaxcomp.select.selection import flatten
@@ -99,17 +99,13 @@ def _group_rule(value: Any, label: str) -> Any:
 
 
 def _nd_scale(s2: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """A 2-d (im2col) block scale ``(groups, cout)`` in the Flax conv layout ``(*k, cin, cout)``.
+    """A 2-d (im2col) block scale ``(groups, cout)`` in the Flax conv layout ``(*k, cin, cout)``
+    (also zero points).
 
     Groups are whole input channels (channel-major features), so the scale
     becomes a block scale along ``cin``.
     """
     return s2.reshape((1,) * (len(shape) - 2) + tuple(s2.shape))
-
-
-@functools.partial(jax.jit, static_argnames=("bits", "symmetric"))
-def _quantize(kernel, scale, zero_point, *, bits, symmetric):
-    return quantize(kernel, bits=bits, symmetric=symmetric, scale=scale, zero_point=zero_point)
 
 
 def gptq_quantize(
@@ -168,13 +164,15 @@ def gptq_quantize(
     Example:
       >>> import jax
       >>> from jaxcomp.models import mlp
-      >>> model = mlp((8, 16, 4))
+      >>> model = mlp((8, 8, 4))
       >>> v = model.init(jax.random.key(0), jax.numpy.zeros((1, 8)))
       >>> x = jax.random.normal(jax.random.key(1), (64, 8))
-      >>> res = gptq_quantize(model.apply, v, x, bits={"fc1/kernel": 4, "fc2/kernel": 8},
-      ...                     group_size={"fc2/kernel": 8})
+      >>> res = gptq_quantize(model.apply, v, x, bits={"fc1/kernel": 4, "fc2/kernel": 3},
+      ...                     group_size={"fc2/kernel": 4})
       >>> [(s.path, s.bits, s.group_size, s.error <= s.rtn_error) for s in res.layers]
-      [('fc1/kernel', 4, None, True), ('fc2/kernel', 8, 8, True)]
+      [('fc1/kernel', 4, None, True), ('fc2/kernel', 3, 4, True)]
+      >>> res.quantized["params"]["fc2"]["kernel"].scale.shape  # one scale per 4 inputs
+      (2, 4)
 
     References:
       Frantar et al., GPTQ, arXiv:2210.17323.
@@ -244,13 +242,12 @@ def gptq_quantize(
         wf = w2.astype(jnp.float32)
         err = float(rel_error_from_hessian(wf, res.kernel.astype(jnp.float32), st.hessian))
         rtn_err = float(rel_error_from_hessian(wf, rtn.astype(jnp.float32), st.hessian))
+        q = res.qarray()
         if is_conv:
-            new = conv_kernel_nd(res.kernel, w.shape)
-            s, z = _nd_scale(res.scale, w.shape), _nd_scale(res.zero_point, w.shape)
-        else:
-            new, s, z = res.kernel, res.scale, res.zero_point
-        cur[p] = new
-        qleaves[p] = _quantize(new, s, z, bits=b, symmetric=bool(symmetric))
+            q = QArray(conv_kernel_nd(q.values, w.shape), _nd_scale(q.scale, w.shape),
+                       _nd_scale(q.zero_point, w.shape), bits=b, dense_dtype=q.dense_dtype)
+        cur[p] = conv_kernel_nd(res.kernel, w.shape) if is_conv else res.kernel
+        qleaves[p] = q
         stats.append(GPTQLayerStats(p, b, g, err, rtn_err, int(st.count),
                                     time.perf_counter() - t0))
     return GPTQResult(rebuild(tree(cur)), rebuild(tree(qleaves)), tuple(stats))

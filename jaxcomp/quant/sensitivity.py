@@ -291,6 +291,10 @@ def hessian_trace(
     leaves = list(sel.leaves)
     for i in sel.idx:
         leaves[i] = jnp.asarray(leaves[i])
+    try:
+        hash(loss_fn)
+    except TypeError:  # compiled per call instead of cached by loss_fn
+        loss_fn = functools.partial(loss_fn.__call__)
     total = np.asarray(_probes(loss_fn, sel.treedef, tuple(sel.idx), leaves, keys),
                        np.float64).sum(0)
     return {p: float(t / n_samples) for p, t in zip(sel.sel_paths, total)}
