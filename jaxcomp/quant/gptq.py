@@ -306,6 +306,10 @@ def gptq(
 ) -> GPTQOutput:
     """Quantizes a Dense kernel by GPTQ: column-wise OBS error feedback, lazy block updates.
 
+    A one-shot host call (not for use under ``jit``): the solver is one
+    compiled function per kernel shape and setting, and its result is checked
+    on the host (finite Hessian, successful Cholesky) before it is returned.
+
     Args:
       w: kernel ``(in, out)`` (Flax layout), floating point.
       hessian: ``(in, in)``, ``2XᵀX/n`` of the layer's calibration inputs
