@@ -33,14 +33,14 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         "mlp": {
             "arch": "mlp", "widths": [784, 300, 100, 10],
             "data": {"name": "mnist5k", "layout": "flat", "batch_size": 100},
-            "train": {"optimizer": {"name": "adam", "learning_rate": 1e-3}, "steps": 800,
-                      "eval_every": 800},
+            "train": {"optimizer": {"name": "adam", "learning_rate": 1e-3}, "steps": 400,
+                      "eval_every": 400},
         },
         "lenet5": {
             "arch": "lenet", "conv": [6, 16], "hidden": 120,
             "data": {"name": "mnist5k", "layout": "image", "batch_size": 100},
-            "train": {"optimizer": {"name": "adam", "learning_rate": 1e-3}, "steps": 800,
-                      "eval_every": 800},
+            "train": {"optimizer": {"name": "adam", "learning_rate": 1e-3}, "steps": 400,
+                      "eval_every": 400},
         },
     }
     c.run_models = ["mlp", "lenet5"]  # which entries of c.models to run

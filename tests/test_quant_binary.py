@@ -391,6 +391,8 @@ def test_compressors_refuse_bad_input_naming_the_path():
         binary_connect(scale="he")
     with pytest.raises(ValueError, match="act_bits=0"):
         xnor_binarization(act_bits=0)
+    with pytest.raises(TypeError, match="axis must be None, an int or a tuple of ints"):
+        ternary_weights(axis="last")
     with pytest.raises(ValueError, match="axis=2 is out of range for 'fc1/kernel'"):
         ternary_weights(axis=2).init(p)
     with pytest.raises(TypeError, match="'step' has dtype int32"):

@@ -473,8 +473,7 @@ def xnor_binarization(*, axis: Any = -1, ste: str = "clipped", act_bits: int | N
     if act_bits is not None and (isinstance(act_bits, bool) or not isinstance(act_bits, int)
                                  or not 1 <= act_bits <= 32):
         raise ValueError(f"{what}: act_bits={act_bits!r} must be None or an int in [1, 32]")
-    if axis is not None:
-        kernel_axes(axis, 64, what)  # type check now; the range is checked per leaf at init
+    kernel_axes(axis, None, what)  # the type now; the range per leaf at init
     axis = tuple(axis) if isinstance(axis, Sequence) else axis
     method = _Xnor(axis=axis, ste=check_ste(ste, what), act_bits=act_bits)
     return build_binary(method, where=where, exclude_ends=True)

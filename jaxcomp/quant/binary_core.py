@@ -206,8 +206,18 @@ def check_weights(w: Any, what: str, name: str = "w") -> jax.Array:
     return w
 
 
-def kernel_axes(axis: Any, ndim: int, what: str, name: str = "w") -> tuple[int, ...]:
+def kernel_axes(axis: Any, ndim: int | None, what: str, name: str = "w") -> tuple[int, ...]:
     """The kept (per-channel) axes, normalised to non-negative ints; ``None`` gives ``()``.
+
+    Args:
+      axis: None, an int or a sequence of ints (negative ones count from the end).
+      ndim: the array's rank; ``None`` checks the type only and returns the
+        axes as given (a factory's check before it sees the leaves).
+      what: the caller, first word of messages.
+      name: the array's name or parameter path, for messages.
+
+    Returns:
+      The sorted kept axes.
 
     Raises:
       ValueError: an axis outside ``[-ndim, ndim)`` or repeated, naming ``name``.
@@ -224,6 +234,8 @@ def kernel_axes(axis: Any, ndim: int, what: str, name: str = "w") -> tuple[int, 
             isinstance(a, (numbers.Integral, np.integer)) and not isinstance(a, bool)
             for a in axes):
         raise TypeError(f"{what}: axis must be None, an int or a tuple of ints, got {axis!r}")
+    if ndim is None:
+        return tuple(int(a) for a in axes)
     out = []
     for a in axes:
         if not -ndim <= int(a) < ndim:

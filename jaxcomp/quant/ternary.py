@@ -321,8 +321,7 @@ def ternary_weights(*, delta_factor: float = 0.7, axis: Any = None,
     """
     what = "ternary_weights"
     factor = positive_number("delta_factor", delta_factor, what)
-    if axis is not None:
-        kernel_axes(axis, 64, what)  # type check now; the range is checked per leaf at init
+    kernel_axes(axis, None, what)  # the type now; the range per leaf at init
     axis = tuple(axis) if isinstance(axis, Sequence) else axis
     return build_binary(_Ternary(delta_factor=factor, axis=axis), where=where)
 

@@ -293,7 +293,7 @@ def findings(out: dict) -> list[str]:
         ranks = [order.index(m) for m in expected]
         holds = ranks == sorted(ranks)
         chain = " ≥ ".join(LABELS[m] for m in expected)
-        sent = [f"{name}: accuracy order {' > '.join(LABELS[m] for m in order)}"
+        sent = [f"- {name}: accuracy order {' > '.join(LABELS[m] for m in order)}"
                 + (f"; the expected {chain} {'holds' if holds else 'does not hold'}."
                    if len(expected) > 1 else ".")]
         for m in present:
