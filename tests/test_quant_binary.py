@@ -351,6 +351,9 @@ def test_stochastic_binary_connect_draws_new_noise_each_update():
     b = comp.apply(p, s1)["w"]
     assert int(s1.count) == 1 and not np.array_equal(a, b)
     np.testing.assert_array_equal(comp.apply(p, s)["w"], a)  # same state, same draw
+    q = binary_export(p, s1)["w"]  # stored as the deterministic sign
+    assert q.bits == 1 and np.all(np.asarray(q.values) == 1)
+    np.testing.assert_array_equal(jc.materialize(q), 1.0)
 
 
 def test_xnor_default_where_keeps_first_and_last_kernel_full_precision():

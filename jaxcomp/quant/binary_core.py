@@ -400,6 +400,27 @@ def build_binary(method: BinaryMethod, *, where: Any, key: jax.Array | None = No
 
     Returns:
       A :class:`~jaxcomp.Compressor`.
+
+    Raises:
+      ValueError: a stochastic method without ``key``.
+      TypeError: a malformed key.
+
+    Example:
+      A new method is a registered static dataclass with a ``view``:
+
+      >>> import dataclasses, jax, jax.numpy as jnp
+      >>> @jax.tree_util.register_static
+      ... @dataclasses.dataclass(frozen=True, kw_only=True)
+      ... class Sign(BinaryMethod):
+      ...     name = "sign"
+      ...     bits = 1
+      ...     def view(self, w, key):
+      ...         return straight_through(w, jnp.where(w >= 0, 1.0, -1.0).astype(w.dtype))
+      >>> comp = build_binary(Sign(), where=None)
+      >>> p = {"w": jnp.array([[0.5, -2.0]]), "b": jnp.array([3.0])}
+      >>> view = comp.apply(p, comp.init(p))
+      >>> view["w"].tolist(), view["b"].tolist()
+      ([[1.0, -1.0]], [3.0])
     """
     what = method.name
     if method.stochastic:
