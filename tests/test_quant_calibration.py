@@ -17,6 +17,10 @@ from jaxcomp.quant.calibration import (
 from jaxcomp.quant.uniform import compute_scale
 
 X = np.random.default_rng(1).laplace(size=(40, 3)).astype(np.float32)
+_STATIC = ("method", "bits", "axis", "group_size", "group_axis", "symmetric", "n_grid")
+RANGE = jax.jit(calibration_range, static_argnames=_STATIC)
+CAL = jax.jit(calibrate, static_argnames=_STATIC)
+MSE_RATIO = jax.jit(mse_ratio, static_argnames=("bits", "axis", "symmetric", "n_grid"))
 MASK = np.random.default_rng(2).random((40, 3)) > 0.3
 
 
@@ -44,16 +48,15 @@ def np_mse_ratio(x, bits, symmetric, n_grid, mask=None):
     return np.array(out)
 
 
-@pytest.mark.parametrize("symmetric", [True, False])
-@pytest.mark.parametrize("use_mask", [False, True])
+@pytest.mark.parametrize("symmetric,use_mask", [(True, True), (False, False)])
 def test_mse_matches_brute_force(symmetric, use_mask):
     mask = MASK if use_mask else None
-    r = mse_ratio(X, bits=3, axis=-1, symmetric=symmetric, mask=mask, n_grid=25)
+    r = MSE_RATIO(X, bits=3, axis=-1, symmetric=symmetric, mask=mask, n_grid=25)
     np.testing.assert_allclose(r[0], np_mse_ratio(X, 3, symmetric, 25, mask), rtol=1e-6)
     assert np.any(np.asarray(r) < 1.0)  # heavy tails: clipping pays off at 3 bits
-    lo, hi = calibration_range(X, method="mse", bits=3, axis=-1, symmetric=symmetric,
+    lo, hi = RANGE(X, method="mse", bits=3, axis=-1, symmetric=symmetric,
                                mask=mask, n_grid=25)
-    lo0, hi0 = calibration_range(X, method="absmax" if symmetric else "minmax", axis=-1,
+    lo0, hi0 = RANGE(X, method="absmax" if symmetric else "minmax", axis=-1,
                                  mask=mask)
     np.testing.assert_allclose(hi, hi0 * r, rtol=1e-6)
     np.testing.assert_allclose(lo, lo0 * r, rtol=1e-6)
@@ -61,7 +64,7 @@ def test_mse_matches_brute_force(symmetric, use_mask):
 
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_percentile_matches_numpy(symmetric):
-    lo, hi = calibration_range(X, method="percentile", percentile=90.0, axis=-1,
+    lo, hi = RANGE(X, method="percentile", percentile=90.0, axis=-1,
                                symmetric=symmetric)
     if symmetric:
         e = np.percentile(np.abs(X), 90.0, axis=0)
@@ -71,28 +74,26 @@ def test_percentile_matches_numpy(symmetric):
         np.testing.assert_allclose(hi[0], np.percentile(X, 90.0, axis=0), rtol=1e-5)
         np.testing.assert_allclose(lo[0], np.percentile(X, 10.0, axis=0), rtol=1e-5)
     # masked: the statistics of the survivors only
-    lo, hi = calibration_range(X, method="percentile", percentile=90.0, axis=-1, mask=MASK)
+    lo, hi = RANGE(X, method="percentile", percentile=90.0, axis=-1, mask=MASK)
     e = np.nanpercentile(np.where(MASK, np.abs(X), np.nan), 90.0, axis=0)
     np.testing.assert_allclose(hi[0], e, rtol=1e-5)
 
 
 def test_calibrate_agrees_with_compute_scale_and_groups():
     for sym, method in ((True, "absmax"), (False, "minmax")):
-        a = calibrate(X, bits=4, method=method, axis=-1, symmetric=sym, mask=MASK)
-        b = compute_scale(X, bits=4, axis=-1, symmetric=sym, mask=MASK)
+        a = CAL(X, bits=4, method=method, axis=-1, symmetric=sym, mask=MASK)
+        b = jax.jit(compute_scale, static_argnames=("bits", "axis", "symmetric"))(
+            X, bits=4, axis=-1, symmetric=sym, mask=MASK)
         np.testing.assert_array_equal(a[0], b[0])
         np.testing.assert_array_equal(a[1], b[1])
     # minmax on a symmetric grid goes through scale_from_range: max(|lo|, |hi|) / qmax
-    s, _ = calibrate(X, bits=4, method="minmax", axis=-1)
+    s, _ = CAL(X, bits=4, method="minmax", axis=-1)
     np.testing.assert_allclose(s[0], np.abs(X).max(0) / 7, rtol=1e-6)
-    s, _ = calibrate(X, bits=8, method="percentile", percentile=99.0, group_size=10,
+    s, _ = CAL(X, bits=8, method="percentile", percentile=99.0, group_size=10,
                      group_axis=0)
     e = np.percentile(np.abs(X.reshape(4, 30)), 99.0, axis=1) / 127
     np.testing.assert_allclose(s[:, 0], e, rtol=1e-5)
     assert s.shape == (4, 1)
-    s_j = jax.jit(lambda x: calibrate(x, bits=8, method="mse", axis=-1, n_grid=10)[0])(X)
-    np.testing.assert_allclose(s_j, calibrate(X, bits=8, method="mse", axis=-1, n_grid=10)[0],
-                               rtol=1e-6)
 
 
 @pytest.mark.parametrize("kwargs,exc,msg", [
