@@ -315,9 +315,12 @@ def fake_quantization(
         out_s, out_z = [], []
         for p, w, b in zip(sel.sel_paths, sel.sel_leaves, bl):
             check_finite_weights(w, name, p)
+            # Exact zeros (pruned weights) are left out of the statistics; absmax/minmax
+            # ranges always contain 0, so they need no mask.
             s, z = calibrate(w, bits=b, method=calibration, axis=axis, group_size=group_size,
-                             group_axis=group_axis, symmetric=symmetric, mask=w != 0,
-                             percentile=percentile, n_grid=n_grid)
+                             group_axis=group_axis, symmetric=symmetric,
+                             mask=None if dynamic else w != 0, percentile=percentile,
+                             n_grid=n_grid)
             out_s.append(jax.lax.stop_gradient(s))
             out_z.append(jax.lax.stop_gradient(z))
         return out_s, out_z
