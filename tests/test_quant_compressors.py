@@ -14,11 +14,11 @@ from jaxcomp.parallel import make_mesh
 from jaxcomp.quant.calibration import calibrate
 from jaxcomp.quant.compressors import (
     FakeQuantizationState,
-    export_quantized,
     fake_quantization,
     lsq_params,
     lsq_quantization,
 )
+from jaxcomp.quant.export import export_quantized
 from jaxcomp.quant.uniform import compute_scale, fake_quant
 
 RNG = np.random.default_rng(0)

@@ -14,7 +14,7 @@ matched) or a ``(path, leaf) -> bits`` callable
 Both states report each selected weight's bit width through
 ``__jaxcomp_info__`` (:class:`~jaxcomp.core.info.LeafInfo`), so
 ``jaxcomp.metrics.analyze(..., compression=state)`` counts bit operations at
-the real widths, and :func:`export_quantized` turns the weights into
+the real widths, and :func:`jaxcomp.quant.export.export_quantized` turns the weights into
 :class:`~jaxcomp.core.leaves.QArray` codes whose
 ``jaxcomp.metrics.model_size_bytes`` is the stored size.
 
@@ -34,7 +34,6 @@ References:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -45,7 +44,7 @@ from jaxcomp.core.base import Compressor, EmptyState, never_due
 from jaxcomp.core.errors import concrete
 from jaxcomp.core.info import LeafInfo
 from jaxcomp.core.keys import check_key
-from jaxcomp.core.leaves import CompressedLeaf, QArray
+from jaxcomp.core.leaves import CompressedLeaf
 from jaxcomp.quant.calibration import calibrate, check_method
 from jaxcomp.quant.grid import (
     MIN_SCALE,
@@ -55,7 +54,7 @@ from jaxcomp.quant.grid import (
     validate_bits,
 )
 from jaxcomp.quant.learned import LsqArray, lsq_fake_quant, lsq_init_step
-from jaxcomp.quant.uniform import fake_quant, quantize
+from jaxcomp.quant.uniform import fake_quant
 from jaxcomp.select import selectors
 from jaxcomp.select.leafrules import LeafRule, per_leaf
 from jaxcomp.select.selection import Selected, flatten
@@ -65,7 +64,6 @@ __all__ = [
     "FakeQuantizationState",
     "LsqQuantizationState",
     "QuantLayout",
-    "export_quantized",
     "fake_quantization",
     "lsq_params",
     "lsq_quantization",
@@ -553,92 +551,3 @@ def lsq_quantization(
         return sel.rebuild(out)
 
     return Compressor(init, apply, update, project, never_due, None)
-
-
-# --------------------------------------------------------------------------- export
-
-
-def _find_layouts(state: Any) -> list[tuple[QuantLayout, Any]]:
-    found = []
-
-    def walk(x):
-        if isinstance(x, FakeQuantizationState):
-            found.append((x.layout, x))
-            return
-        if isinstance(x, LsqQuantizationState):
-            found.append((x.layout, x))
-            return
-        if isinstance(x, Mapping):
-            for v in x.values():
-                walk(v)
-        elif isinstance(x, (tuple, list)):
-            for v in x:
-                walk(v)
-
-    walk(state)
-    return found
-
-
-def export_quantized(params: Any, state: Any) -> Any:
-    """Integer codes of the quantized weights: ``QArray`` leaves in place of the selected weights.
-
-    Args:
-      params: the params the quantizer sees: the stored params, or for a
-        quantizer late in a chain the view of the stages before it (the full
-        chain's ``apply`` output works too: re-quantizing quantized weights
-        with the same scales gives the same codes).
-      state: a :class:`FakeQuantizationState` or :class:`LsqQuantizationState`,
-        or any state holding them (a chain's, ``inject_hyperparams``').
-
-    Returns:
-      The params with :class:`~jaxcomp.core.leaves.QArray` leaves (codes,
-      float32 scales, zero points) in place of the quantized weights;
-      ``jaxcomp.metrics.model_size_bytes`` then charges their real bits.
-
-    Raises:
-      ValueError: no quantizer state in ``state``, or a path of the state
-        missing from ``params``.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> params = {"w": jnp.array([[0.9, -0.2], [0.4, 1.0]])}
-      >>> comp = fake_quantization(4)
-      >>> q = export_quantized(params, comp.init(params))["w"]
-      >>> q.values.tolist(), q.storage_bits()  # 4 codes x 4 bits + 2 float32 scales + 1 int8 zero
-      ([[7, -1], [3, 7]], 88)
-    """
-    found = _find_layouts(state)
-    if not found:
-        raise ValueError("export_quantized: state holds no FakeQuantizationState or "
-                         "LsqQuantizationState; pass the state of a fake_quantization or "
-                         "lsq_quantization compressor (or of a chain holding one)")
-    sel = flatten(params, True, what="export_quantized", allow_empty=True)
-    leaves = list(sel.leaves)
-    index = {p: i for i, p in enumerate(sel.paths)}
-    for lay, st in found:
-        for j, (p, b) in enumerate(lay.entries):
-            if p not in index:
-                raise ValueError(f"export_quantized: the state quantizes '{p}', which params "
-                                 "do not hold; pass the params the quantizer was built for")
-            w = leaves[index[p]]
-            if isinstance(w, LsqArray):
-                leaves[index[p]] = w.to_qarray()
-                continue
-            if isinstance(w, QArray):
-                continue
-            if isinstance(st, FakeQuantizationState) and lay.method not in DYNAMIC_METHODS:
-                s = jax.tree_util.tree_leaves(st.scale)[j]
-                z = jax.tree_util.tree_leaves(st.zero_point)[j]
-                leaves[index[p]] = quantize(w, bits=b, symmetric=lay.symmetric, scale=s,
-                                            zero_point=None if lay.symmetric else z)
-            elif lay.method == "lsq":
-                s = lsq_init_step(w, bits=b, axis=lay.axis, symmetric=lay.symmetric)
-                leaves[index[p]] = quantize(w, bits=b, symmetric=lay.symmetric, scale=s,
-                                            zero_point=None if lay.symmetric else jnp.zeros(()))
-            else:
-                s, z = calibrate(w, bits=b, method=lay.method, axis=lay.axis,
-                                 group_size=lay.group_size, group_axis=lay.group_axis,
-                                 symmetric=lay.symmetric, mask=w != 0)
-                leaves[index[p]] = quantize(w, bits=b, symmetric=lay.symmetric, scale=s,
-                                            zero_point=None if lay.symmetric else z)
-    return jax.tree_util.tree_unflatten(sel.treedef, leaves)
