@@ -1,5 +1,6 @@
 """Tests of jaxcomp.metrics.counting and jaxcomp.metrics.storage."""
 
+import dataclasses
 import heapq
 import json
 import math
@@ -255,19 +256,20 @@ def test_hand_counts_4x4_each_format():
 
     assert bits(bits=8) == 16 * 8  # dense
     assert bits(bits=8, format="bitmask") == 16 + 3 * 8
-    assert bits(bits=8, format="csr") == 5 * 2 + 3 * 2 + 3 * 8  # pointers 0..3: 2 bits
+    # csr and relative also store their entry count, in 5 bits (0..16)
+    assert bits(bits=8, format="csr") == 5 + 5 * 2 + 3 * 2 + 3 * 8  # pointers 0..3: 2 bits
     # relative, 3-bit fields: skips 1, 8, 1 -> one filler, 4 entries of 3 + 8 bits
     rep = model_size_bytes(tree, StorageSpec(bits=8, format="relative", index_bits=3))
     row = rep.row("w")
-    assert (row.n_stored, row.n_filler, row.nnz, row.total_bits) == (4, 1, 3, 44)
-    assert (row.value_bits, row.index_bits) == (32, 12)
+    assert (row.n_stored, row.n_filler, row.nnz, row.total_bits) == (4, 1, 3, 49)
+    assert (row.value_bits, row.index_bits, row.header_bits) == (32, 12, 5)
     # with 5-bit fields no filler: 3 * (5 + 8)
-    assert bits(bits=8, format="relative", index_bits=5) == 39
+    assert bits(bits=8, format="relative", index_bits=5) == 5 + 39
     # codebook of 4 shared values (0 is not stored in the relative format): 2-bit values, a
     # 4 x 32-bit codebook, 5-bit fields: 3 * (2 + 5) + 128
     row = model_size_bytes(tree, StorageSpec(format="relative", codebook=4)).row("w")
-    assert (row.value_bits, row.index_bits, row.codebook_bits, row.total_bits) == (6, 15, 128, 149)
-    assert row.bits_per_weight == pytest.approx(149 / 16)
+    assert (row.value_bits, row.index_bits, row.codebook_bits, row.total_bits) == (6, 15, 128, 154)
+    assert row.bits_per_weight == pytest.approx(154 / 16)
 
 
 def test_hand_counts_huffman():
@@ -282,7 +284,7 @@ def test_hand_counts_huffman():
     # indices: {0: 1, 1: 3} -> payload 4, table 8 + 1 + min(8 * 1, 32 + 2 * 4) = 17 -> 21 > 12,
     # fixed 4 * 3 = 12 + flag = 13. Codebook 4 * 32 = 128.
     assert (row.value_bits, row.index_bits, row.codebook_bits) == (9, 13, 128)
-    assert row.huffman_saving_bits == -2 and row.total_bits == 150
+    assert row.huffman_saving_bits == -2 and row.total_bits == 150 + 4  # count: 4 bits (0..8)
 
     # a long stream where Huffman pays off: 1000 entries, skip 0, values 90% one level
     w = np.ones(1000, np.float32)
@@ -331,7 +333,7 @@ def test_rule_specs_first_match_wins_and_unmatched_dense():
         assert rep.row("Dense_0/kernel").format == "bitmask"
         assert rep.row("Dense_1/kernel").format == "csr"
         assert rep.row("Dense_0/bias").spec is None and rep.row("Dense_0/bias").total_bits == 128
-        assert rep.total_bits == 40 + 40 + 128 + 128
+        assert rep.total_bits == 40 + (5 + 40) + 128 + 128  # csr: + the 5-bit entry count
     # a single (regex, spec) pair is accepted too
     assert (
         model_size_bytes(tree, ("Dense_1/bias", StorageSpec(bits=4))).row("Dense_1/bias").total_bits
@@ -370,7 +372,7 @@ def test_spec_rules_share_the_selection_rule_engine():
     # a None rule keeps a leaf dense; Selector patterns work as keys
     rep = model_size_bytes(tree, [(r"v", None), (select.ndim(min=2), csr)])
     assert rep.row("v").spec is None and rep.row("v").total_bits == 512
-    assert rep.row("w").total_bits == 40
+    assert rep.row("w").total_bits == 45  # csr with its 5-bit entry count
     # a rule that an earlier rule shadows entirely used to be accepted and never applied
     with pytest.raises(ValueError, match=r"(?s)spec pattern 'w' gives no parameter its value.*"
                                          r"earlier pattern:\n    w"):
@@ -477,7 +479,7 @@ def test_lenet_300_100_first_layer_against_brute_force():
     assert row.spec.bits == 6
     assert row.nnz == 18816 and row.n_stored == n_entries
     assert row.n_filler == n_entries - 18816 > 0
-    assert row.total_bits == n_entries * (6 + 5) + 64 * 32
+    assert row.total_bits == n_entries * (6 + 5) + 64 * 32 + 18  # count of 0..235,200: 18 bits
     # the encoder's decoder rebuilds the layer from what was counted
     np.testing.assert_array_equal(relative_encode(w, index_bits=5, value_bits=6).decode(), w)
 
@@ -494,7 +496,7 @@ def test_lenet_300_100_first_layer_against_brute_force():
     i_table = huffman_code(idx).table_bits(32)
     assert hrow.value_bits == min(_merge_cost(v_counts.tolist()) + v_table, n_entries * 6) + 1
     assert hrow.index_bits == min(_merge_cost(i_counts.tolist()) + i_table, n_entries * 5) + 1
-    assert hrow.total_bits == hrow.value_bits + hrow.index_bits + 64 * 32
+    assert hrow.total_bits == hrow.value_bits + hrow.index_bits + 64 * 32 + 18
     assert hrow.total_bits < row.total_bits
     assert hrow.huffman_saving_bits == row.total_bits - hrow.total_bits
     # ~0.95 bits per weight before Huffman: about 34x against float32 on this layer
@@ -519,8 +521,9 @@ def test_deep_compression_report_lenet_300_100():
         k: len(_brute_relative_entries(v["kernel"].reshape(-1), 5)) for k, v in params.items()
     }
     biases = 32 * (300 + 100 + 10)
-    assert s["P"]["total_bits"] == sum(entries.values()) * 37 + biases
-    assert s["P+Q"]["total_bits"] == sum(entries.values()) * 11 + 3 * 64 * 32 + biases
+    counts = 18 + 15 + 10  # entry counts of 235,200, 30,000 and 1,000 weights
+    assert s["P"]["total_bits"] == sum(entries.values()) * 37 + biases + counts
+    assert s["P+Q"]["total_bits"] == sum(entries.values()) * 11 + 3 * 64 * 32 + biases + counts
     assert 1 < s["P"]["ratio"] < s["P+Q"]["ratio"] < s["P+Q+H"]["ratio"]
     # the paper reports 32x before and 40x after Huffman; these synthetic weights give ~31x and
     # ~33x (their value distribution is less skewed than trained weights')
@@ -573,8 +576,12 @@ def test_edge_trees():
         0.0,
     )
     zero = model_size_bytes({"w": np.zeros((4, 4))}, StorageSpec(format="relative"))
-    assert zero.total_bits == 0 and zero.ratio == math.inf
-    assert json.loads(json.dumps(zero.to_dict(), allow_nan=False))["totals"]["ratio"] is None
+    assert zero.total_bits == 5 and zero.ratio == 32 * 16 / 5  # only the count (0 entries)
+    nothing = model_size_bytes({"w": np.zeros((0, 4))}, StorageSpec(format="relative"))
+    assert nothing.total_bits == 0 and nothing.n_weights == 0 and nothing.ratio == 1.0
+    inf = dataclasses.replace(zero, rows=(dataclasses.replace(zero.rows[0], total_bits=0),))
+    assert inf.ratio == math.inf
+    assert json.loads(json.dumps(inf.to_dict(), allow_nan=False))["totals"]["ratio"] is None
     assert isinstance(zero, StorageReport)
 
 

@@ -38,8 +38,14 @@ Conventions:
   that is smaller, plus one bit per stream saying which. Huffman counting
   needs real symbols: a leaf whose stored values do not fit the codes raises
   ``ValueError`` (quantize it first) — values are never re-quantized here.
+* **Count headers.** A ``relative`` or ``csr`` leaf also charges one field
+  of ``ceil(log2(n + 1))`` bits (``n`` = its element count) holding its
+  number of entries (relative: non-zeros plus fillers; csr: non-zeros): a
+  reader needs it to find where the leaf's streams end. Shapes, dtypes and
+  the spec itself are known to the reader and are not charged.
 * ``total_bytes`` is ``ceil(total_bits / 8)``: the model as one bit-packed
-  stream. Shapes and other metadata are not charged.
+  stream, exactly the size of the file :func:`jaxcomp.quant.export.export_model`
+  writes for the same tree and spec.
 
 References:
   Han, Mao, Dally, "Deep compression: compressing deep neural networks with
@@ -71,7 +77,9 @@ __all__ = [
     "StorageReport",
     "StorageRow",
     "StorageSpec",
+    "count_header_bits",
     "model_size_bytes",
+    "resolve_specs",
 ]
 
 STORAGE_FORMATS = SPARSE_FORMATS
@@ -196,8 +204,11 @@ class StorageRow:
       side_bits: other stored data (a ``QArray``'s scales and zero points).
       huffman_saving_bits: fixed-width minus Huffman-coded stream bits (0
         without Huffman; tables and flag bits are charged against it).
-      total_bits: ``value_bits + index_bits + codebook_bits + side_bits``.
+      total_bits: ``value_bits + index_bits + codebook_bits + side_bits +
+        header_bits``.
       notes: remarks (spec ignored, values not representable, ...).
+      header_bits: the entry-count field of a ``relative`` or ``csr`` leaf
+        (``ceil(log2(n + 1))`` bits), 0 otherwise.
     """
 
     path: str
@@ -217,6 +228,7 @@ class StorageRow:
     huffman_saving_bits: int
     total_bits: int
     notes: tuple[str, ...] = ()
+    header_bits: int = 0
 
     @property
     def bits_per_weight(self) -> float:
@@ -292,7 +304,8 @@ class StorageReport:
 
     def totals(self) -> dict[str, Any]:
         """The totals as a dict."""
-        keys = ("value_bits", "index_bits", "codebook_bits", "side_bits", "huffman_saving_bits")
+        keys = ("value_bits", "index_bits", "codebook_bits", "side_bits", "header_bits",
+                "huffman_saving_bits")
         out = {k: sum(getattr(r, k) for r in self.rows) for k in keys}
         out.update(
             n_weights=self.n_weights,
@@ -360,8 +373,29 @@ def _check_spec(value: Any, label: str) -> StorageSpec | None:
     return value
 
 
-def _resolve_specs(spec: Any, items: list[tuple[str, Any]]) -> list[StorageSpec | None]:
-    """One spec per leaf: a :func:`jaxcomp.select.per_leaf` rule, unmatched leaves None."""
+def count_header_bits(fmt: str, n: int) -> int:
+    """Bits of the entry-count field a leaf of ``n`` elements needs in format ``fmt``.
+
+    ``relative`` and ``csr`` streams end after a data-dependent number of
+    entries, so they carry the count in ``ceil(log2(n + 1))`` bits (enough
+    for ``0..n``); ``dense`` and ``bitmask`` need none.
+
+    Example:
+      >>> count_header_bits("relative", 16), count_header_bits("csr", 15), count_header_bits("dense", 16)
+      (5, 4, 0)
+    """
+    return int(n).bit_length() if fmt in ("relative", "csr") else 0
+
+
+def resolve_specs(spec: Any, items: list[tuple[str, Any]]) -> list[StorageSpec | None]:
+    """One spec per ``(path, leaf)``: a :func:`jaxcomp.select.per_leaf` rule, unmatched leaves None.
+
+    Accepts every ``spec`` form of :func:`model_size_bytes`.
+
+    Example:
+      >>> resolve_specs([("w", StorageSpec(bits=8))], [("w", None), ("b", None)])[1] is None
+      True
+    """
     if (isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str)
             and isinstance(spec[1], StorageSpec)):
         spec = [spec]  # a single (regex, StorageSpec) pair
@@ -516,6 +550,7 @@ def _array_row(
             "Huffman: values" + (" and indices" if spec.format in ("relative", "csr") else "")
         )
     codebook_bits = int(spec.codebook) * spec.codebook_bits if spec.codebook is not None else 0
+    header = count_header_bits(spec.format, n)
     row = StorageRow(
         path=path,
         shape=shape,
@@ -532,8 +567,9 @@ def _array_row(
         codebook_bits=codebook_bits,
         side_bits=0,
         huffman_saving_bits=int(saving),
-        total_bits=int(value_bits + index_bits + codebook_bits),
+        total_bits=int(value_bits + index_bits + codebook_bits + header),
         notes=tuple(notes),
+        header_bits=header,
     )
     return row, warnings
 
@@ -571,17 +607,18 @@ def model_size_bytes(params: Any, spec: SpecLike = None, *, strict: bool = False
       TypeError: malformed specs or non-array leaves.
 
     Example:
-      A 4 x 4 matrix with 3 non-zeros, 8-bit values, CSR: 5 row pointers of
-      2 bits (they hold 0..3), 3 column indices of 2 bits and 3 values.
+      A 4 x 4 matrix with 3 non-zeros, 8-bit values, CSR: the non-zero count
+      in 5 bits (it may be 0..16), 5 row pointers of 2 bits (they hold
+      0..3), 3 column indices of 2 bits and 3 values.
 
       >>> import numpy as np
       >>> w = np.zeros((4, 4), np.float32); w[0, 1], w[2, 2], w[3, 0] = 1, 2, 3
       >>> rep = model_size_bytes({"w": w, "b": np.zeros(4, np.float32)},
       ...                        [("w", StorageSpec(bits=8, format="csr"))])
       >>> rep.row("w").total_bits, rep.row("b").total_bits, rep.total_bits
-      (40, 128, 168)
-      >>> rep.total_bytes, round(rep.ratio, 4)  # 32 * 20 / 168
-      (21, 3.8095)
+      (45, 128, 173)
+      >>> rep.total_bytes, round(rep.ratio, 4)  # 32 * 20 / 173
+      (22, 3.6994)
 
     References:
       Han, Mao, Dally, "Deep compression", arXiv:1510.00149.
@@ -591,7 +628,7 @@ def model_size_bytes(params: Any, spec: SpecLike = None, *, strict: bool = False
     items = leaves_with_paths(params)
     for path, leaf in items:
         check_count_leaf(path, leaf)
-    specs = _resolve_specs(spec, items)
+    specs = resolve_specs(spec, items)
     rows: list[StorageRow] = []
     warnings: list[str] = []
     for (path, leaf), s in zip(items, specs):
