@@ -118,6 +118,8 @@ def test_int_dense_and_conv_match_exact_integer_references():
     xc = RNG.integers(-128, 128, (2, 7, 6, 3)).astype(np.int8)
     wc = RNG.integers(-127, 128, (3, 3, 3, 4)).astype(np.int8)
     got = int_conv(xc, wc, b[:4], strides=(2, 1), padding=[(1, 1), (2, 0)], zero_point=-7)
+    got_conv = int_conv(xc, wc, b[:4], strides=(2, 1), padding=[(1, 1), (2, 0)], zero_point=-7,
+                        method="conv")
     padded = np.pad(xc.astype(np.int64), [(0, 0), (1, 1), (2, 0), (0, 0)], constant_values=-7)
     ref = np.zeros((2, 4, 6, 4), np.int64)
     for i in range(4):
@@ -125,6 +127,11 @@ def test_int_dense_and_conv_match_exact_integer_references():
             patch = padded[:, 2 * i:2 * i + 3, j:j + 3, :]
             ref[:, i, j, :] = np.einsum("nhwc,hwco->no", patch, wc.astype(np.int64))
     np.testing.assert_array_equal(got, ref + b[:4])
+    np.testing.assert_array_equal(got_conv, ref + b[:4])
+    # dilation: both methods agree (a 2-dilated 2x2 window)
+    wd = wc[:2, :2]
+    np.testing.assert_array_equal(int_conv(xc, wd, dilation=(2, 2)),
+                                  int_conv(xc, wd, dilation=(2, 2), method="conv"))
     with pytest.raises(TypeError, match="x must be int8 codes"):
         int_dense(x.astype(np.int32), w)
     with pytest.raises(ValueError, match="do not contract"):
@@ -133,6 +140,8 @@ def test_int_dense_and_conv_match_exact_integer_references():
         int_dense(x, w, b.astype(np.float32))
     with pytest.raises(ValueError, match="has 3 channels, the kernel expects 2"):
         int_conv(xc, wc[:, :, :2])
+    with pytest.raises(ValueError, match="method='fft' must be"):
+        int_conv(xc, wc, method="fft")
 
 
 @pytest.mark.parametrize("kind", ["dense", "conv"])

@@ -231,7 +231,8 @@ def _record_layers(apply_fn: Callable, variables: Any, example: Any,
         return next_fun(*args, **kwargs)
 
     with nn.intercept_methods(interceptor):
-        jax.eval_shape(apply_fn, variables, example)
+        # a fresh function each time: a cached trace would not run the interceptor
+        jax.eval_shape(lambda v, x: apply_fn(v, x), variables, example)
     return seen
 
 

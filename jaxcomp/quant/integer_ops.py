@@ -30,6 +30,7 @@ References:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -279,13 +280,21 @@ def int_conv(x: jax.typing.ArrayLike, kernel: jax.typing.ArrayLike,
              padding: Sequence[tuple[int, int]] | None = None,
              zero_point: int | jax.typing.ArrayLike = 0,
              dilation: Sequence[int] | None = None,
-             feature_group_count: int = 1) -> jax.Array:
+             feature_group_count: int = 1, method: str = "im2col") -> jax.Array:
     """An int8 convolution (``N...C`` inputs, ``...IO`` kernels) with int32 accumulation.
 
     Padding is explicit and filled with the input zero point (the code of
     the real value 0), followed by a ``VALID`` convolution, so padded
     positions contribute ``Z_x q_w`` exactly as the zero-point correction
     in the bias assumes.
+
+    ``method="im2col"`` (default, ungrouped convolutions) gathers the
+    windows into int8 patches ``(N, *out, window · C)`` with strided slices
+    and contracts them with the reshaped kernel in one int8 ``dot_general``
+    (int32 accumulation): XLA's CPU backend has fast int8 matrix products
+    but a slow int8 convolution, and cuDNN has no int8 → int32 convolution
+    for these layouts. ``method="conv"`` calls ``lax.conv_general_dilated``
+    with ``preferred_element_type=int32`` (grouped convolutions always do).
 
     Args:
       x: int8 codes, ``(N, *spatial, C)``.
@@ -296,6 +305,7 @@ def int_conv(x: jax.typing.ArrayLike, kernel: jax.typing.ArrayLike,
       zero_point: the value padded positions take.
       dilation: kernel dilation per spatial axis (default 1).
       feature_group_count: grouped convolution.
+      method: ``"im2col"`` or ``"conv"`` (see above); same results.
 
     Returns:
       int32 accumulators ``(N, *out_spatial, O)``.
@@ -319,11 +329,31 @@ def int_conv(x: jax.typing.ArrayLike, kernel: jax.typing.ArrayLike,
     if x.shape[-1] != kernel.shape[-2] * feature_group_count:
         raise ValueError(f"{what}: x has {x.shape[-1]} channels, the kernel expects "
                          f"{kernel.shape[-2]} x {feature_group_count} groups")
+    if method not in ("im2col", "conv"):
+        raise ValueError(f"{what}: method={method!r} must be 'im2col' or 'conv'")
     strides = tuple(strides or (1,) * nsp)
     dilation = tuple(dilation or (1,) * nsp)
     if padding is not None and any(lo or hi for lo, hi in padding):
         pads = [(0, 0, 0)] + [(int(lo), int(hi), 0) for lo, hi in padding] + [(0, 0, 0)]
         x = lax.pad(x, jnp.asarray(zero_point, jnp.int8), pads)
+    if method == "im2col" and feature_group_count == 1:
+        window = kernel.shape[:nsp]
+        span = [(k - 1) * d + 1 for k, d in zip(window, dilation)]
+        out = [(n - w) // s + 1 for n, w, s in zip(x.shape[1:-1], span, strides)]
+        if min(out) < 1:
+            raise ValueError(f"{what}: the window {tuple(span)} (dilated) is larger than the "
+                             f"padded input {x.shape[1:-1]}")
+        patches = []
+        for offs in itertools.product(*(range(k) for k in window)):
+            start = (0, *(o * d for o, d in zip(offs, dilation)), 0)
+            limit = (x.shape[0], *(st + (m - 1) * s + 1 for st, m, s in
+                                   zip(start[1:-1], out, strides)), x.shape[-1])
+            patches.append(lax.slice(x, start, limit, (1, *strides, 1)))
+        cols = jnp.concatenate(patches, axis=-1)
+        acc = lax.dot_general(cols, kernel.reshape(-1, kernel.shape[-1]),
+                              (((cols.ndim - 1,), (0,)), ((), ())),
+                              preferred_element_type=jnp.int32)
+        return acc if bias is None else acc + _bias(bias, kernel.shape[-1], what)
     sp = "DHW"[3 - nsp:]
     dn = (f"N{sp}C", f"{sp}IO", f"N{sp}C")
     acc = lax.conv_general_dilated(
