@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["HuffmanCode", "entropy_bits", "huffman_code"]
+__all__ = ["HuffmanCode", "canonical_code", "entropy_bits", "huffman_code"]
 
 # Header of a stored code table: the width of one code-length field.
 TABLE_HEADER_BITS = 8
@@ -263,12 +263,56 @@ class HuffmanCode:
             raise ValueError("the Huffman code is empty and cannot decode a non-empty stream")
         m = self.max_length
         if m <= _MAX_TABLE_DECODE:
-            out = self._decode_table(bits, m)
+            out, _ = self._decode_table(bits, m)
         else:
-            out = self._decode_canonical(bits)
+            out, _ = self._decode_canonical(bits)
         return self.symbols[np.asarray(out, np.int64)]
 
-    def _decode_table(self, bits: np.ndarray, m: int) -> list[int]:
+    def decode_prefix(self, bits: Any, count: int) -> tuple[np.ndarray, int]:
+        """Decodes the first ``count`` symbols of an unpacked bit array that may go on.
+
+        For streams laid end to end (a file holding several coded streams):
+        the caller knows how many symbols to read, not where the stream ends.
+
+        Args:
+          bits: unpacked bits (0/1), at least the ``count`` codewords.
+          count: how many symbols to decode (``>= 0``).
+
+        Returns:
+          ``(symbols, n_bits)``: the decoded symbols (int64) and the number of
+          bits they took.
+
+        Raises:
+          ValueError: fewer than ``count`` codewords in ``bits`` (truncated
+            data), an invalid codeword, or a non-empty request to an empty code.
+
+        Example:
+          >>> code = huffman_code([0, 0, 1, 2])
+          >>> bits = code.encode_bits([2, 0, 1])
+          >>> syms, used = code.decode_prefix(np.concatenate([bits, [1, 1, 0]]), 2)
+          >>> syms.tolist(), used
+          ([2, 0], 3)
+        """
+        count = int(count)
+        if count < 0:
+            raise ValueError(f"count={count} must be >= 0")
+        if count == 0:
+            return np.zeros((0,), np.int64), 0
+        if self.n_symbols == 0:
+            raise ValueError("the Huffman code is empty and cannot decode a non-empty stream")
+        bits = np.asarray(bits).reshape(-1)[: count * self.max_length]
+        if not np.isin(bits, (0, 1)).all():
+            raise ValueError("a bit array must hold only 0 and 1")
+        bits = bits.astype(np.int64)
+        m = self.max_length
+        if m <= _MAX_TABLE_DECODE:
+            out, pos = self._decode_table(bits, m, limit=count)
+        else:
+            out, pos = self._decode_canonical(bits, limit=count)
+        return self.symbols[np.asarray(out, np.int64)], pos
+
+    def _decode_table(self, bits: np.ndarray, m: int,
+                      limit: int | None = None) -> tuple[list[int], int]:
         table = np.full(1 << m, -1, np.int64)
         for i, (code, length) in enumerate(zip(self.codewords, self.lengths.tolist())):
             lo = code << (m - length)
@@ -282,7 +326,7 @@ class HuffmanCode:
         lengths = self.lengths.tolist()
         out: list[int] = []
         pos = 0
-        while pos < n:
+        while pos < n and (limit is None or len(out) < limit):
             i = sym_at[pos]
             if i < 0:
                 raise ValueError(f"invalid Huffman codeword at bit {pos}")
@@ -290,16 +334,24 @@ class HuffmanCode:
             if pos > n:
                 raise ValueError("the Huffman stream ends inside a codeword (truncated data)")
             out.append(i)
-        return out
+        if limit is not None and len(out) < limit:
+            raise ValueError(f"the Huffman stream holds {len(out)} symbols, {limit} expected "
+                             "(truncated data)")
+        return out, pos
 
-    def _decode_canonical(self, bits: np.ndarray) -> list[int]:
+    def _decode_canonical(self, bits: np.ndarray,
+                          limit: int | None = None) -> tuple[list[int], int]:
         lookup = {
             (int(length), code): i
             for i, (code, length) in enumerate(zip(self.codewords, self.lengths.tolist()))
         }
         out: list[int] = []
         code = length = 0
+        pos = 0
         for b in bits.tolist():
+            if limit is not None and len(out) == limit:
+                break
+            pos += 1
             code = (code << 1) | b
             length += 1
             i = lookup.get((length, code))
@@ -310,7 +362,10 @@ class HuffmanCode:
                 raise ValueError("invalid Huffman codeword in the stream")
         if length:
             raise ValueError("the Huffman stream ends inside a codeword (truncated data)")
-        return out
+        if limit is not None and len(out) < limit:
+            raise ValueError(f"the Huffman stream holds {len(out)} symbols, {limit} expected "
+                             "(truncated data)")
+        return out, pos
 
     # -- storage of the code itself -----------------------------------------
     def table_bits(self, alphabet_size: int | None = None) -> int:
@@ -422,3 +477,44 @@ def huffman_code(data: Any) -> HuffmanCode:
         codewords=_canonical_codewords(syms, lengths),
         counts=counts,
     )
+
+
+def canonical_code(symbols: Any, lengths: Any) -> HuffmanCode:
+    """The canonical code with the given codeword length per symbol (what a stored table holds).
+
+    Args:
+      symbols: distinct non-negative integer symbols.
+      lengths: a codeword length ``>= 1`` per symbol; they must satisfy the
+        Kraft inequality ``Σ 2**-length <= 1``.
+
+    Returns:
+      The :class:`HuffmanCode` (codewords by the module's canonical rule;
+      ``counts`` are zeros, unknown).
+
+    Raises:
+      ValueError: repeated or negative symbols, lengths < 1, mismatched
+        sizes, or lengths no prefix code can have.
+
+    Example:
+      >>> code = huffman_code([5, 5, 5, 7, 9])
+      >>> canonical_code(code.symbols, code.lengths).as_dict() == code.as_dict()
+      True
+    """
+    syms = _as_symbols(symbols)
+    lens = np.asarray(lengths, np.int64).reshape(-1)
+    if syms.size != lens.size:
+        raise ValueError(f"canonical_code: {syms.size} symbols but {lens.size} lengths")
+    if syms.size == 0:
+        return HuffmanCode(symbols=syms, lengths=lens, codewords=(), counts=lens.copy())
+    if np.unique(syms).size != syms.size or syms.min() < 0:
+        raise ValueError("canonical_code: symbols must be distinct and non-negative")
+    if lens.min() < 1:
+        raise ValueError(f"canonical_code: every length must be >= 1, got {int(lens.min())}")
+    m = int(lens.max())
+    if int(sum(1 << (m - int(v)) for v in lens.tolist())) > (1 << m):
+        raise ValueError("canonical_code: the lengths violate the Kraft inequality; no prefix "
+                         "code has them (the table is corrupted)")
+    order = np.argsort(syms, kind="stable")
+    syms, lens = syms[order], lens[order]
+    return HuffmanCode(symbols=syms, lengths=lens, codewords=_canonical_codewords(syms, lens),
+                       counts=np.zeros(syms.size, np.int64))
