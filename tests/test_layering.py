@@ -157,7 +157,8 @@ def test_train_imports_nothing_from_prune(imps):
 
 @pytest.mark.parametrize("family", SIBLINGS)
 def test_compression_families_import_no_sibling(imps, family):
-    others = tuple(f"jaxcomp.{f}" for f in SIBLINGS + ("distill", "train") if f != family)
+    others = tuple(f"jaxcomp.{f}" for f in SIBLINGS + ("distill", "train", "config")
+                   if f != family)
     assert violations(imps, f"jaxcomp.{family}", others) == []
 
 

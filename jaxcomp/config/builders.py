@@ -189,10 +189,14 @@ def _register_builtins() -> None:
         COMPRESSORS.register(key, _with_sparsity_schedule(fn, key))
     for key, fn in (("rigl_pruning", jp.rigl_pruning), ("set_pruning", jp.set_pruning)):
         COMPRESSORS.register(key, fn)
-    from jaxcomp.quant import compressors as jqc
+    import jaxcomp.quant as jq
 
-    for key, fn in (("fake_quantization", jqc.fake_quantization),
-                    ("lsq_quantization", jqc.lsq_quantization)):
+    for key, fn in (("fake_quantization", jq.fake_quantization),
+                    ("lsq_quantization", jq.lsq_quantization),
+                    ("binary_connect", jq.binary_connect),
+                    ("xnor_binarization", jq.xnor_binarization),
+                    ("ternary_weights", jq.ternary_weights),
+                    ("abc_binarization", jq.abc_binarization)):
         COMPRESSORS.register(key, fn)
 
 

@@ -44,7 +44,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxcomp.config.builders import register_compressor
 from jaxcomp.core.base import Compressor
 from jaxcomp.core.keys import check_key
 from jaxcomp.core.leaves import QArray
@@ -477,7 +476,3 @@ def xnor_binarization(*, axis: Any = -1, ste: str = "clipped", act_bits: int | N
     axis = tuple(axis) if isinstance(axis, Sequence) else axis
     method = _Xnor(axis=axis, ste=check_ste(ste, what), act_bits=act_bits)
     return build_binary(method, where=where, exclude_ends=True)
-
-
-register_compressor("binary_connect", binary_connect)
-register_compressor("xnor_binarization", xnor_binarization)

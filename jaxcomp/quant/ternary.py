@@ -30,7 +30,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxcomp.config.builders import register_compressor
 from jaxcomp.core.base import Compressor
 from jaxcomp.core.leaves import Codebook, QArray
 from jaxcomp.quant.binary_core import (
@@ -385,7 +384,3 @@ def abc_binarization(num_bases: int = 3, *, shifts: Sequence[float] | None = Non
     """
     u = _shifts(num_bases, shifts, "abc_binarization")
     return build_binary(_Abc(shifts=u), where=where)
-
-
-register_compressor("ternary_weights", ternary_weights)
-register_compressor("abc_binarization", abc_binarization)
