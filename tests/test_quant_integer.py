@@ -115,6 +115,7 @@ def test_int_dense_and_conv_match_exact_integer_references():
     w = RNG.integers(-127, 128, (20, 5)).astype(np.int8)
     b = RNG.integers(-1000, 1000, 5).astype(np.int32)
     np.testing.assert_array_equal(int_dense(x, w, b), x.astype(np.int64) @ w + b)
+    np.testing.assert_array_equal(int_dense(x[:, :9], w[:9]), x[:, :9].astype(np.int64) @ w[:9])
     xc = RNG.integers(-128, 128, (2, 7, 6, 3)).astype(np.int8)
     wc = RNG.integers(-127, 128, (3, 3, 3, 4)).astype(np.int8)
     got = int_conv(xc, wc, b[:4], strides=(2, 1), padding=[(1, 1), (2, 0)], zero_point=-7)
