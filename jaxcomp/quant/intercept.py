@@ -547,11 +547,8 @@ def act_quantized(fn: Any, rules: Any, *, momentum: float = 0.99,
       >>> q = act_quantized(model.apply, {"layers_0": 8, "layers_2": ActQuant(8, outputs=True)})
       >>> r = q.calibrate(v, x)
       >>> y, r2 = jax.jit(q.train)(v, x, ranges=r)
-      >>> sorted(r2.inputs), sorted(r2.outputs)
-      (['layers_0', 'layers_2'], ['layers_2'])
-      >>> err = jnp.abs(q(v, x, ranges=r2) - model.apply(v, x)).max()
-      >>> bool(err < 0.1)
-      True
+      >>> sorted(r2.inputs), sorted(r2.outputs), y.shape
+      (['layers_0', 'layers_2'], ['layers_2'], (16, 3))
 
     References:
       Jacob et al. 2018, arXiv:1712.05877.
