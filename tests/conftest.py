@@ -7,9 +7,15 @@ import pathlib
 import re
 import sys
 
-_flag = "--xla_force_host_platform_device_count=8"
-if _flag not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+# 8 host devices so sharding is exercised everywhere. The suite is bound by XLA
+# compile time (thousands of small programs): LLVM optimization level 0 halves
+# it. It changes only the machine code's speed, not what is computed (XLA's
+# HLO passes, fusion and float semantics are the same; fast math stays off).
+# An XLA_FLAGS that already sets an optimization level is left as it is.
+_flags = {"--xla_force_host_platform_device_count": "8", "--xla_backend_optimization_level": "0"}
+for _name, _value in _flags.items():
+    if _name not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" {_name}={_value}").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import hypothesis
