@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from jaxcomp.quant.compressors import fake_quantization
@@ -170,8 +170,9 @@ def _brute_force(sens, budget_bytes, budget_bops, act_bits=8):
     for ch in itertools.product(range(len(sens.bits)), repeat=len(sens.paths)):
         size = sum(n * sens.bits[c] for n, c in zip(sens.sizes, ch))
         bops = sum(m * sens.bits[c] * act_bits for m, c in zip(sens.macs, ch))
-        if (budget_bytes is not None and size > 8 * budget_bytes) or (
-                budget_bops is not None and bops > budget_bops):
+        # budgets are met within 1e-9 (a budget computed in floats may miss an integer by ulps)
+        if (budget_bytes is not None and size > 8 * budget_bytes + 1e-9) or (
+                budget_bops is not None and bops > budget_bops + 1e-9):
             continue
         loss = sum(sens.values[i, c] for i, c in enumerate(ch))
         best = loss if best is None else min(best, loss)
@@ -181,6 +182,7 @@ def _brute_force(sens, budget_bytes, budget_bops, act_bits=8):
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**31), kind=st.sampled_from(["bytes", "bops", "both"]),
        frac=st.floats(0.0, 1.0))
+@example(seed=0, kind="bops", frac=0.9999999999999999)  # a budget a few ulps below an integer
 def test_exact_is_optimal_and_greedy_feasible(seed, kind, frac):
     r = np.random.default_rng(seed)
     bits = (2, 3, 4, 8)
@@ -198,7 +200,7 @@ def test_exact_is_optimal_and_greedy_feasible(seed, kind, frac):
     assert exact.loss_increase == pytest.approx(best, abs=1e-9)
     for pol in (exact, greedy):
         assert bb is None or pol.size_bytes <= bb + 1e-9
-        assert bo is None or pol.bops <= bo
+        assert bo is None or pol.bops <= bo + 1e-9
         assert pol.loss_increase >= best - 1e-9
         assert pol.size_bytes == sum(n * pol.layer_bits[p] for p, n in
                                      zip(sens.paths, sens.sizes)) / 8
