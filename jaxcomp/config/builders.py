@@ -196,7 +196,8 @@ def _register_builtins() -> None:
                     ("binary_connect", jq.binary_connect),
                     ("xnor_binarization", jq.xnor_binarization),
                     ("ternary_weights", jq.ternary_weights),
-                    ("abc_binarization", jq.abc_binarization)):
+                    ("abc_binarization", jq.abc_binarization),
+                    ("weight_sharing", jq.weight_sharing)):
         COMPRESSORS.register(key, fn)
 
 
