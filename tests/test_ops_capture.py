@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxcomp.ops.capture import Captured, ModuleInfo, capture_linen, capture_nnx, module_of
+from jaxcomp.ops.capture import (
+    Captured,
+    ModuleInfo,
+    capture_linen,
+    capture_nnx,
+    module_of,
+    patched_calls,
+)
 
 RNG = np.random.default_rng(0)
 CALLED: list[str] = []  # modules append their name when their Python __call__ runs
@@ -241,3 +248,49 @@ def test_nnx_capture_under_jit_and_errors():
         capture_nnx(lambda x: x, x)
     with pytest.raises(TypeError, match="stop_after"):
         capture_nnx(model, x, stop_after={"a": -1})
+
+
+class _Base:
+    def __call__(self, x):
+        return x + 1
+
+
+class _Own(_Base):
+    def __call__(self, x):
+        return 10 * x
+
+
+class _Inherits(_Base):
+    pass
+
+
+def _times2(original):
+    def __call__(self, x):
+        return 2 * original(self, x)
+
+    return __call__
+
+
+def _minus1(original):
+    def __call__(self, x):
+        return original(self, x) - 1
+
+    return __call__
+
+
+def test_patched_calls_counts_uses_stacks_factories_and_restores():
+    own_call = _Own.__dict__["__call__"]
+    with patched_calls([_Own, _Inherits], _times2):
+        assert (_Own()(3), _Inherits()(3), _Base()(3)) == (60, 8, 4)
+        assert _Own.__call__.__wrapped__ is own_call
+        with patched_calls({_Own}, _times2):  # same factory: one wrapper, counted
+            assert _Own()(3) == 60
+        assert _Own()(3) == 60  # still patched by the outer block
+        with patched_calls({_Own}, _minus1):  # another factory wraps the first wrapper
+            assert _Own()(3) == 59
+        assert _Own()(3) == 60
+    assert _Own.__dict__["__call__"] is own_call
+    assert "__call__" not in _Inherits.__dict__ and _Inherits()(3) == 4
+    with pytest.raises(RuntimeError), patched_calls((c for c in [_Inherits]), _times2):
+        raise RuntimeError("restored on errors too")
+    assert "__call__" not in _Inherits.__dict__

@@ -14,7 +14,9 @@
   submodules, selected by canonical module path, for Flax linen
   (:func:`capture_linen`) and nnx (:func:`capture_nnx`), with an early stop
   after the last needed call — the one way distillation taps and
-  calibration passes look inside a model.
+  calibration passes look inside a model; :func:`patched_calls` wraps the
+  ``__call__`` of nnx layer classes for a block (also used by activation
+  quantization).
 * :mod:`~jaxcomp.ops.hessian`: layer Hessians ``2XᵀX/n`` streamed over
   calibration data, im2col for convolutions and the calibration pass over
   a linen model — shared by OBS/SparseGPT pruning and GPTQ quantization
@@ -32,7 +34,14 @@ Example:
 """
 
 from jaxcomp.ops import capture, hessian, kth, ste
-from jaxcomp.ops.capture import Captured, ModuleInfo, capture_linen, capture_nnx, module_of
+from jaxcomp.ops.capture import (
+    Captured,
+    ModuleInfo,
+    capture_linen,
+    capture_nnx,
+    module_of,
+    patched_calls,
+)
 from jaxcomp.ops.hessian import (
     HessianState,
     accumulate_hessian,
@@ -105,6 +114,7 @@ __all__ = [
     "module_of",
     "num_pruned",
     "ordered_key",
+    "patched_calls",
     "reconstruction_error",
     "rel_error_from_hessian",
     "smallest_k_masks",

@@ -8,7 +8,8 @@ distillation's feature taps, the calibration passes of one-shot pruning
   ``Module``) under ``flax.linen.intercept_methods``;
 * :func:`capture_nnx` runs a Flax nnx module with recording ``__call__``
   wrappers on its submodules' classes (restored afterwards; other instances
-  are unaffected).
+  are unaffected), installed by :func:`patched_calls`, which other families
+  use to wrap layer calls the same way.
 
 Both record, for the submodules that ``where=`` selects, the inputs and/or
 the outputs of every ``__call__``, list every submodule that ran (with the
@@ -38,7 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -50,7 +51,14 @@ from jaxcomp.select.leafrules import LeafRule
 from jaxcomp.select.paths import path_str
 from jaxcomp.select.selectors import Selector
 
-__all__ = ["Captured", "ModuleInfo", "capture_linen", "capture_nnx", "module_of"]
+__all__ = [
+    "Captured",
+    "ModuleInfo",
+    "capture_linen",
+    "capture_nnx",
+    "module_of",
+    "patched_calls",
+]
 
 Where = str | Sequence[str] | Callable[[str], bool] | None
 
@@ -411,7 +419,8 @@ def _apply_with_intermediates(module: nn.Module, variables: Any, args: tuple, kw
 # ----------------------------------------------------------------------------- nnx
 
 _PATCH_LOCK = threading.Lock()
-_PATCHED: dict[type, tuple[Any, bool, int]] = {}  # cls -> (original, was_own, refcount)
+# (class, wrapper factory) -> (original __call__, was own attribute, users)
+_PATCHED: dict[tuple[type, Callable], tuple[Any, bool, int]] = {}
 _ACTIVE = threading.local()
 
 
@@ -430,33 +439,72 @@ def _make_wrapper(original):
             rec.leave(path, sel, out)
         return out
 
-    __call__.__wrapped__ = original
     return __call__
 
 
 @contextlib.contextmanager
-def _patched_calls(classes: set[type]):
-    """Installs recording ``__call__`` wrappers on ``classes`` (reference counted)."""
+def patched_calls(classes: Iterable[type],
+                  make_wrapper: Callable[[Callable[..., Any]], Callable[..., Any]]
+                  ) -> Iterator[None]:
+    """Replaces ``__call__`` of ``classes`` by ``make_wrapper(original)`` inside the block.
+
+    The way to look inside (or change) what nnx layers do without touching
+    the model: every instance of a patched class calls the wrapper, so the
+    wrapper itself decides which instances it acts on (e.g. by ``id``). Uses
+    are reference counted per ``(class, make_wrapper)``: nested or
+    concurrent blocks with the same factory share one wrapper, and the class
+    gets its own ``__call__`` back (or inherits it again) when the last one
+    ends, also on an exception. Blocks with different factories stack (the
+    later wrapper calls the earlier one) and must end in reverse order. The
+    wrapper gets ``__wrapped__ = original``.
+
+    Args:
+      classes: the classes to patch.
+      make_wrapper: ``original -> wrapper``, both ``(self, *args, **kwargs)``
+        functions. Pass the same object (a module-level function) each time
+        so that uses share one wrapper.
+
+    Yields:
+      None, while the wrappers are installed.
+
+    Example:
+      >>> class Double:
+      ...     def __call__(self, x):
+      ...         return 2 * x
+      >>> def plus_one(original):
+      ...     def __call__(self, x):
+      ...         return original(self, x) + 1
+      ...     return __call__
+      >>> with patched_calls({Double}, plus_one):
+      ...     inside = Double()(3)
+      >>> inside, Double()(3)
+      (7, 6)
+    """
+    classes = list(dict.fromkeys(classes))
     with _PATCH_LOCK:
         for cls in classes:
-            if cls in _PATCHED:
-                orig, own, count = _PATCHED[cls]
-                _PATCHED[cls] = (orig, own, count + 1)
+            key = (cls, make_wrapper)
+            if key in _PATCHED:
+                orig, own, count = _PATCHED[key]
+                _PATCHED[key] = (orig, own, count + 1)
             else:
                 own = "__call__" in cls.__dict__
                 orig = cls.__dict__["__call__"] if own else cls.__call__
-                _PATCHED[cls] = (orig, own, 1)
-                type.__setattr__(cls, "__call__", _make_wrapper(orig))
+                _PATCHED[key] = (orig, own, 1)
+                wrapper = make_wrapper(orig)
+                wrapper.__wrapped__ = orig
+                type.__setattr__(cls, "__call__", wrapper)
     try:
         yield
     finally:
         with _PATCH_LOCK:
             for cls in classes:
-                orig, own, count = _PATCHED[cls]
+                key = (cls, make_wrapper)
+                orig, own, count = _PATCHED[key]
                 if count > 1:
-                    _PATCHED[cls] = (orig, own, count - 1)
+                    _PATCHED[key] = (orig, own, count - 1)
                     continue
-                del _PATCHED[cls]
+                del _PATCHED[key]
                 if own:
                     type.__setattr__(cls, "__call__", orig)
                 else:
@@ -531,7 +579,7 @@ def capture_nnx(
     entry = (rec, paths)
     stack.append(entry)
     try:
-        with _patched_calls(classes):
+        with patched_calls(classes, _make_wrapper):
             (output, stopped), sown_state = nnx.capture(_run_until_stop, nnx.Intermediate)(
                 module, *args, **kwargs)
     finally:

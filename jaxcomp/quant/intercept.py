@@ -65,6 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxcomp.ops.capture import patched_calls
 from jaxcomp.quant.uniform import compute_scale, fake_quant, quant_range, validate_bits
 from jaxcomp.select.leafrules import LeafRule
 from jaxcomp.select.paths import path_str
@@ -320,8 +321,6 @@ def _call(session: ActSession, path: str, module: Any, fn: Callable, args: tuple
 
 # ----------------------------------------------------------------------------- nnx patching
 
-_LOCK = threading.Lock()
-_PATCHED: dict[type, tuple[Any, bool, int]] = {}  # cls -> (original, was own attribute, users)
 _LOCAL = threading.local()
 
 
@@ -339,36 +338,7 @@ def _wrapper(original: Callable) -> Callable:
                              lambda *a, **k: original(self, *a, **k), args, kwargs)
         return original(self, *args, **kwargs)
 
-    __call__.__wrapped__ = original
     return __call__
-
-
-@contextlib.contextmanager
-def _patched(classes: set[type]) -> Iterator[None]:
-    with _LOCK:
-        for cls in classes:
-            if cls in _PATCHED:
-                orig, own, n = _PATCHED[cls]
-                _PATCHED[cls] = (orig, own, n + 1)
-            else:
-                own = "__call__" in cls.__dict__
-                orig = cls.__dict__["__call__"] if own else cls.__call__
-                _PATCHED[cls] = (orig, own, 1)
-                type.__setattr__(cls, "__call__", _wrapper(orig))
-    try:
-        yield
-    finally:
-        with _LOCK:
-            for cls in classes:
-                orig, own, n = _PATCHED[cls]
-                if n > 1:
-                    _PATCHED[cls] = (orig, own, n - 1)
-                    continue
-                del _PATCHED[cls]
-                if own:
-                    type.__setattr__(cls, "__call__", orig)
-                else:
-                    type.__delattr__(cls, "__call__")
 
 
 # ----------------------------------------------------------------------------- public API
@@ -460,7 +430,7 @@ def quantize_activations(
         stack = _active()
         stack.append(entry)
         try:
-            with _patched(classes):
+            with patched_calls(classes, _wrapper):
                 yield session
         finally:
             del stack[next(i for i, e in enumerate(stack) if e is entry)]
