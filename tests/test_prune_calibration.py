@@ -69,3 +69,41 @@ def test_calibration_chunks_split_and_check():
             calibration_chunks(bad, 3)
     with pytest.raises(ValueError, match="chunk_size=0"):
         calibration_chunks(x, 0)
+
+
+def test_layerwise_driver_skeleton_orders_checks_and_accumulates(net):
+    from jaxcomp.ops.hessian import (
+        check_solver_args,
+        check_solver_flags,
+        kernel_hessian,
+        kernel_layers,
+        select_kernels,
+    )
+
+    m, v, x = net
+    sel, rebuild = select_kernels(v, r".*/kernel", what="drv")
+    assert rebuild({"a": 1}) == {**v, "params": {"a": 1}}
+    assert select_kernels(v["params"], None, what="drv")[1]({"a": 1}) == {"a": 1}
+    todo = kernel_layers(m.apply, v, sel, x[:1], what="drv")
+    assert [(k.path, k.module_path, k.calls) for k in todo] == [
+        ("shared/dense/kernel", "shared/dense", 2), ("last/dense/kernel", "last/dense", 1)]
+    w2, st = kernel_hessian(m.apply, v, [x[:3], x[3:]], todo[0],
+                            v["params"]["shared"]["dense"]["kernel"])
+    p = v["params"]["shared"]["dense"]
+    rows = np.concatenate([x, np.maximum(x @ np.asarray(p["kernel"]) + np.asarray(p["bias"]), 0)])
+    assert w2.shape == (3, 3) and int(st.count) == 8
+    np.testing.assert_allclose(st.hessian, 2 * rows.T @ rows / 8, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="did not run"):
+        kernel_layers(m.apply, v, select_kernels({"params": {"gone": {"kernel": jnp.ones((2, 2))}}},
+                                                 None, what="drv")[0], x[:1], what="drv")
+    with pytest.raises(TypeError, match="drv: parameter 'last/dense/bias' is not the kernel"):
+        kernel_layers(m.apply, v, select_kernels(v, r"last/dense/bias", what="drv")[0], x[:1],
+                      what="drv")
+    with pytest.raises(ValueError, match="blocksize=0"):
+        check_solver_args(0.01, 0, "k")
+    with pytest.raises(ValueError, match="percdamp"):
+        check_solver_args(-1.0, 8, "k")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        check_solver_flags(False, True, 0.01, "k")
+    with pytest.raises(ValueError, match=r"raise percdamp \(now 0.5\)"):
+        check_solver_flags(True, False, 0.5, "k")

@@ -21,7 +21,9 @@
   calibration data, im2col for convolutions and the calibration pass over
   a linen model — shared by OBS/SparseGPT pruning and GPTQ quantization
   (:func:`layer_hessian`, :func:`accumulate_hessian`,
-  :func:`model_layer_hessian`, :func:`conv_patches`, ...).
+  :func:`model_layer_hessian`, :func:`conv_patches`, ...), and the skeleton
+  of their layer-by-layer drivers (:func:`select_kernels`,
+  :func:`kernel_layers`, :func:`kernel_hessian`).
 
 Nothing here imports a family (``prune``, ``distill``, ``metrics``, ...);
 the families import from here.
@@ -44,12 +46,17 @@ from jaxcomp.ops.capture import (
 )
 from jaxcomp.ops.hessian import (
     HessianState,
+    KernelLayer,
     accumulate_hessian,
     calibration_chunks,
+    check_solver_args,
+    check_solver_flags,
     conv_kernel_2d,
     conv_kernel_nd,
     conv_patches,
     init_hessian,
+    kernel_hessian,
+    kernel_layers,
     layer_hessian,
     layer_inputs,
     layer_rows,
@@ -57,6 +64,7 @@ from jaxcomp.ops.hessian import (
     model_layer_hessian,
     reconstruction_error,
     rel_error_from_hessian,
+    select_kernels,
 )
 from jaxcomp.ops.kth import (
     DEFAULT_WAYS,
@@ -86,6 +94,7 @@ __all__ = [
     "MODES",
     "Captured",
     "HessianState",
+    "KernelLayer",
     "ModuleInfo",
     "accumulate_hessian",
     "bottomk_mask",
@@ -95,6 +104,8 @@ __all__ = [
     "capture_linen",
     "capture_nnx",
     "check_finite",
+    "check_solver_args",
+    "check_solver_flags",
     "conv_kernel_2d",
     "conv_kernel_nd",
     "conv_patches",
@@ -102,6 +113,8 @@ __all__ = [
     "hessian",
     "init_hessian",
     "is_tracer",
+    "kernel_hessian",
+    "kernel_layers",
     "kth",
     "kth_smallest",
     "layer_hessian",
@@ -117,6 +130,7 @@ __all__ = [
     "patched_calls",
     "reconstruction_error",
     "rel_error_from_hessian",
+    "select_kernels",
     "smallest_k_masks",
     "sr_ste_masked_weight",
     "ste",

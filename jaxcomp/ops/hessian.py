@@ -18,7 +18,12 @@ This module holds what those solvers share:
   :func:`layer_inputs` (one layer's inputs, the forward pass stopped after
   its last call, via :func:`jaxcomp.ops.capture.capture_linen`),
   :func:`layer_rows` and :func:`model_layer_hessian` (a layer's ``H``
-  accumulated chunk by chunk).
+  accumulated chunk by chunk);
+* the skeleton of a sequential layer-wise driver: :func:`select_kernels`
+  (the kernels to process), :func:`kernel_layers` (their Dense/Conv layers
+  in forward order, checked), :func:`kernel_hessian` (a kernel as a 2-d
+  matrix and its layer's ``H``), :func:`check_solver_args` /
+  :func:`check_solver_flags` (the checks around a damped Cholesky solver).
 
 Grouped/depthwise convolutions (``feature_group_count > 1``) are rejected
 by im2col.
@@ -39,7 +44,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -47,16 +52,24 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxcomp.ops.capture import ModuleInfo, capture_linen
+from jaxcomp.core.errors import check_in_range, list_paths
+from jaxcomp.ops.capture import ModuleInfo, capture_linen, module_of
+from jaxcomp.select import selectors
+from jaxcomp.select.selection import Selected, flatten
 
 __all__ = [
     "HessianState",
+    "KernelLayer",
     "accumulate_hessian",
     "calibration_chunks",
+    "check_solver_args",
+    "check_solver_flags",
     "conv_kernel_2d",
     "conv_kernel_nd",
     "conv_patches",
     "init_hessian",
+    "kernel_hessian",
+    "kernel_layers",
     "layer_hessian",
     "layer_inputs",
     "layer_rows",
@@ -64,6 +77,7 @@ __all__ = [
     "model_layer_hessian",
     "reconstruction_error",
     "rel_error_from_hessian",
+    "select_kernels",
 ]
 
 
@@ -492,3 +506,196 @@ def model_layer_hessian(apply_fn: Callable[..., Any], variables: Any, chunks: li
                                  "calibration data (an earlier layer overflowed)")
             state = accumulate_hessian(state, xi)
     return state
+
+
+# ----------------------------------------------------------------------------- layer-wise drivers
+
+
+def check_solver_args(percdamp: float, blocksize: int, path: str) -> None:
+    """Checks the damping and block size of a layer-wise (Cholesky) solver.
+
+    Args:
+      percdamp: dampening, a fraction of the mean Hessian diagonal (``>= 0``).
+      blocksize: columns per block (a positive int).
+      path: the kernel's name in error messages.
+
+    Raises:
+      ValueError: a negative or NaN ``percdamp``, a bad ``blocksize``.
+      TypeError: a ``percdamp`` that is not a real number.
+
+    Example:
+      >>> check_solver_args(0.01, 128, "fc/kernel")
+      >>> check_solver_args(0.01, 0, "fc/kernel")
+      Traceback (most recent call last):
+      ...
+      ValueError: blocksize=0 must be a positive int (parameter 'fc/kernel')
+    """
+    check_in_range("percdamp", percdamp, 0.0, None, where=path)
+    if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize < 1:
+        raise ValueError(f"blocksize={blocksize!r} must be a positive int (parameter '{path}')")
+
+
+def check_solver_flags(h_ok: Any, w_ok: Any, percdamp: float, path: str) -> None:
+    """Raises if a solver found a non-finite Hessian or its damped Cholesky factorization failed.
+
+    Args:
+      h_ok: the solver's flag: the Hessian is finite.
+      w_ok: the solver's flag: the damped Hessian was positive definite.
+      percdamp: the dampening used (named in the message).
+      path: the kernel's name in error messages.
+
+    Raises:
+      ValueError: either flag is False.
+
+    Example:
+      >>> check_solver_flags(True, True, 0.01, "fc/kernel")
+      >>> check_solver_flags(True, False, 0.01, "fc/kernel")
+      Traceback (most recent call last):
+      ...
+      ValueError: parameter 'fc/kernel': the damped Hessian is not positive definite (Cholesky failed); raise percdamp (now 0.01) or use more calibration samples
+    """
+    if not bool(h_ok):
+        raise ValueError(f"parameter '{path}': hessian contains NaN or Inf; check the "
+                         "calibration inputs")
+    if not bool(w_ok):
+        raise ValueError(
+            f"parameter '{path}': the damped Hessian is not positive definite (Cholesky failed); "
+            f"raise percdamp (now {percdamp}) or use more calibration samples")
+
+
+def select_kernels(variables: Any, where: Any, *, what: str
+                   ) -> tuple[Selected, Callable[[Any], Any]]:
+    """The kernels a layer-wise driver processes, and how to put a new params tree back.
+
+    Args:
+      variables: ``{"params": ..., ...}`` or a bare params tree.
+      where: the kernels (default: leaves named ``kernel`` with ``ndim >= 2``).
+      what: the caller's name, for messages.
+
+    Returns:
+      ``(selected, rebuild)``: the params flattened with the selection, and
+      ``rebuild(params) -> variables`` (the other collections kept).
+
+    Raises:
+      ValueError, TypeError: as :func:`jaxcomp.select.flatten` (a ``where``
+        that selects nothing, ...).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> v = {"params": {"fc": {"kernel": jnp.ones((2, 3)), "bias": jnp.ones(3)}}, "stats": 1}
+      >>> sel, rebuild = select_kernels(v, None, what="demo")
+      >>> sel.sel_paths, sorted(rebuild({}))
+      (['fc/kernel'], ['params', 'stats'])
+    """
+    has_params = isinstance(variables, Mapping) and "params" in variables
+    params = variables["params"] if has_params else variables
+    rebuild = (lambda p: {**dict(variables), "params": p}) if has_params else (lambda p: p)
+    sel = flatten(params, where, what=what,
+                  default=selectors.path(r"(.*/)?kernel") & selectors.ndim(min=2),
+                  hint="Select kernels, e.g. where=r'.*/kernel'.")
+    return sel, rebuild
+
+
+class KernelLayer(NamedTuple):
+    """A selected kernel and the Dense/Conv layer it belongs to (:func:`kernel_layers`).
+
+    Attributes:
+      path: the kernel's parameter path.
+      module_path: its module's canonical path.
+      module: the ``nn.Dense`` / ``nn.Conv`` (bound at its first call).
+      calls: the module's calls per forward pass.
+    """
+
+    path: str
+    module_path: str
+    module: nn.Module
+    calls: int
+
+
+def kernel_layers(apply_fn: Callable[..., Any], variables: Any, selected: Selected, x: Any,
+                  *, what: str) -> list[KernelLayer]:
+    """The selected kernels' Dense/Conv layers, checked, in forward (first-call) order.
+
+    Args:
+      apply_fn: a Flax linen apply function.
+      variables: what ``apply_fn`` takes.
+      selected: the kernels (:func:`select_kernels`).
+      x: one input batch (a single example suffices).
+      what: the caller's name, for messages.
+
+    Returns:
+      One :class:`KernelLayer` per selected kernel, ordered by its module's first call.
+
+    Raises:
+      ValueError: a selected kernel whose module did not run.
+      TypeError: a selected leaf that does not belong to an ``nn.Dense`` or
+        ``nn.Conv``, or is not its kernel.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxcomp.models import mlp
+      >>> model = mlp((4, 8, 3))
+      >>> v = model.init(jax.random.key(0), jnp.ones((1, 4)))
+      >>> sel, _ = select_kernels(v, None, what="demo")
+      >>> [(k.path, k.module_path, k.calls)
+      ...  for k in kernel_layers(model.apply, v, sel, jnp.ones((1, 4)), what="demo")]
+      [('fc1/kernel', 'fc1', 1), ('fc2/kernel', 'fc2', 1)]
+    """
+    layers = linen_layers(apply_fn, variables, x)
+    order = list(layers)
+    leaves = dict(zip(selected.paths, selected.leaves))
+    todo = []
+    for p in selected.sel_paths:
+        mp = module_of(p)
+        if mp not in layers:
+            raise ValueError(f"{what}: parameter '{p}' belongs to module '{mp}', which did not "
+                             f"run in apply_fn; modules that ran:\n{list_paths(order)}")
+        mod = layers[mp].module
+        if not isinstance(mod, (nn.Dense, nn.Conv)):
+            raise TypeError(f"{what}: parameter '{p}' belongs to a {type(mod).__name__}; only "
+                            "nn.Dense and nn.Conv kernels are supported (exclude it with where=)")
+        want = 2 if isinstance(mod, nn.Dense) else len(mod.kernel_size) + 2
+        if not p.endswith("kernel") or jnp.ndim(leaves[p]) != want:
+            raise TypeError(f"{what}: parameter '{p}' is not the kernel of its "
+                            f"{type(mod).__name__}; select only kernels (e.g. where=r'.*/kernel')")
+        todo.append((order.index(mp), p, mp))
+    todo.sort()
+    return [KernelLayer(p, mp, layers[mp].module, layers[mp].calls) for _, p, mp in todo]
+
+
+def kernel_hessian(apply_fn: Callable[..., Any], variables: Any, chunks: list[Any],
+                   layer: KernelLayer, kernel: jax.typing.ArrayLike
+                   ) -> tuple[jax.Array, HessianState]:
+    """A layer's kernel as its 2-d (im2col) matrix and the Hessian of the layer's inputs.
+
+    Args:
+      apply_fn: a Flax linen apply function.
+      variables: what ``apply_fn`` takes (e.g. with earlier layers already compressed).
+      chunks: calibration batches (:func:`calibration_chunks`).
+      layer: the layer (:func:`kernel_layers`).
+      kernel: its current kernel (Flax layout).
+
+    Returns:
+      ``(kernel_2d, state)``: the kernel as ``(in, out)`` (:func:`conv_kernel_2d`
+      for a convolution) and the :func:`model_layer_hessian` of its inputs.
+
+    Raises:
+      ValueError: the layer's inputs contain NaN or Inf.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxcomp.models import mlp
+      >>> model = mlp((4, 8, 3))
+      >>> v = model.init(jax.random.key(0), jnp.ones((1, 4)))
+      >>> sel, _ = select_kernels(v, None, what="demo")
+      >>> fc2 = kernel_layers(model.apply, v, sel, jnp.ones((1, 4)), what="demo")[1]
+      >>> w2, st = kernel_hessian(model.apply, v, [jnp.ones((5, 4))], fc2,
+      ...                         v["params"]["fc2"]["kernel"])
+      >>> w2.shape, st.hessian.shape, int(st.count)
+      ((8, 3), (8, 8), 5)
+    """
+    w = jnp.asarray(kernel)
+    w2 = conv_kernel_2d(w) if isinstance(layer.module, nn.Conv) else w
+    state = model_layer_hessian(apply_fn, variables, chunks, layer.module_path, layer.module,
+                                layer.calls, w2.shape[0])
+    return w2, state

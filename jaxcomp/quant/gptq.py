@@ -56,8 +56,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxcomp.core.errors import check_in_range
 from jaxcomp.core.leaves import QArray
+from jaxcomp.ops.hessian import check_solver_args, check_solver_flags
 from jaxcomp.quant.uniform import (
     check_finite_weights,
     compute_scale,
@@ -356,9 +356,7 @@ def gptq(
     quant_range(bits, symmetric=symmetric)
     n_in = w.shape[0]
     g = check_group_size(group_size, n_in, path)
-    check_in_range("percdamp", percdamp, 0.0, None, where=path)
-    if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize < 1:
-        raise ValueError(f"blocksize={blocksize!r} must be a positive int (parameter '{path}')")
+    check_solver_args(percdamp, blocksize, path)
     check_finite_weights(w, "gptq", path)
     if g is None:
         bs = min(blocksize, n_in)
@@ -369,13 +367,7 @@ def gptq(
     kernel, codes, scale, zero_point, h_ok, w_ok = _gptq_kernel(
         w32, h, jnp.float32(percdamp), jnp.bool_(act_order), bits=bits,
         symmetric=bool(symmetric), bs=bs, gs=n_in if g is None else g, lazy=lazy)
-    if not bool(h_ok):
-        raise ValueError(f"parameter '{path}': hessian contains NaN or Inf; check the "
-                         "calibration inputs")
-    if not bool(w_ok):
-        raise ValueError(
-            f"parameter '{path}': the damped Hessian is not positive definite (Cholesky failed); "
-            f"raise percdamp (now {percdamp}) or use more calibration samples")
+    check_solver_flags(h_ok, w_ok, percdamp, path)
     if w.dtype != jnp.float32:
         kernel = kernel.astype(w.dtype)
     return GPTQOutput(kernel, codes, scale, zero_point, bits, bool(symmetric))

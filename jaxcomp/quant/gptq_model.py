@@ -21,29 +21,25 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxcomp.core.errors import list_paths
 from jaxcomp.core.leaves import QArray
-from jaxcomp.ops.capture import module_of
 from jaxcomp.ops.hessian import (
     calibration_chunks,
-    conv_kernel_2d,
     conv_kernel_nd,
-    linen_layers,
-    model_layer_hessian,
+    kernel_hessian,
+    kernel_layers,
     rel_error_from_hessian,
+    select_kernels,
 )
 from jaxcomp.quant.gptq import check_group_size, gptq, round_to_nearest
 from jaxcomp.quant.uniform import validate_bits
-from jaxcomp.select import selectors
 from jaxcomp.select.leafrules import per_leaf
-from jaxcomp.select.selection import flatten
 
 __all__ = ["GPTQLayerStats", "GPTQResult", "gptq_quantize"]
 
@@ -177,12 +173,7 @@ def gptq_quantize(
     References:
       Frantar et al., GPTQ, arXiv:2210.17323.
     """
-    has_params = isinstance(variables, Mapping) and "params" in variables
-    params = variables["params"] if has_params else variables
-    rebuild = (lambda p: {**dict(variables), "params": p}) if has_params else (lambda p: p)
-    sel = flatten(params, where, what="gptq_quantize",
-                  default=selectors.path(r"(.*/)?kernel") & selectors.ndim(min=2),
-                  hint="Select kernels, e.g. where=r'.*/kernel'.")
+    sel, rebuild = select_kernels(variables, where, what="gptq_quantize")
     selected = sel.sel_paths
     bits_of = dict(zip(selected, per_leaf(bits, sel, what="bits", noun="selected kernel",
                                           validate=_bits_rule,
@@ -191,35 +182,18 @@ def gptq_quantize(
     group_of = dict(zip(selected, per_leaf(group_size, sel, what="group_size", default=None,
                                            noun="selected kernel", validate=_group_rule)))
     chunks = calibration_chunks(calib_x, chunk_size)
-    layers = linen_layers(apply_fn, variables, chunks[0][:1])
-    order = list(layers)
-    mods = {mp: info.module for mp, info in layers.items()}
+    todo = kernel_layers(apply_fn, variables, sel, chunks[0][:1], what="gptq_quantize")
     leaves = dict(zip(sel.paths, sel.leaves))
-    todo = []
+    conv = {layer.path for layer in todo if isinstance(layer.module, nn.Conv)}
     for p in selected:
-        mp = module_of(p)
-        if mp not in mods:
-            raise ValueError(f"gptq_quantize: parameter '{p}' belongs to module '{mp}', which did "
-                             f"not run in apply_fn; modules that ran:\n{list_paths(order)}")
-        mod = mods[mp]
-        if not isinstance(mod, (nn.Dense, nn.Conv)):
-            raise TypeError(f"gptq_quantize: parameter '{p}' belongs to a {type(mod).__name__}; "
-                            "only nn.Dense and nn.Conv kernels are supported (exclude it with "
-                            "where=)")
-        want = 2 if isinstance(mod, nn.Dense) else len(mod.kernel_size) + 2
-        if not p.endswith("kernel") or jnp.ndim(leaves[p]) != want:
-            raise TypeError(f"gptq_quantize: parameter '{p}' is not the kernel of its "
-                            f"{type(mod).__name__}; select only kernels (e.g. where=r'.*/kernel')")
         shape = tuple(jnp.shape(leaves[p]))
         n_in = math.prod(shape[:-1])
         g = check_group_size(group_of[p], n_in, p)
-        if isinstance(mod, nn.Conv) and g is not None and g % math.prod(shape[:-2]):
+        if p in conv and g is not None and g % math.prod(shape[:-2]):
             raise ValueError(
                 f"parameter '{p}': group_size={g} cuts input channels of the {shape[:-2]} "
                 f"convolution (im2col features are channel-major, {math.prod(shape[:-2])} per "
                 f"channel); pass a multiple of {math.prod(shape[:-2])} that divides {n_in}")
-        todo.append((order.index(mp), p, mp))
-    todo.sort()
     cur = dict(leaves)
     qleaves = dict(leaves)
 
@@ -227,14 +201,13 @@ def gptq_quantize(
         return jax.tree_util.tree_unflatten(sel.treedef, [d[p] for p in sel.paths])
 
     stats = []
-    for _, p, mp in todo:
+    for layer in todo:
+        p = layer.path
         t0 = time.perf_counter()
         w = jnp.asarray(cur[p])
-        is_conv = isinstance(mods[mp], nn.Conv)
-        w2 = conv_kernel_2d(w) if is_conv else w
+        is_conv = isinstance(layer.module, nn.Conv)
         src = rebuild(tree(cur)) if sequential else variables
-        st = model_layer_hessian(apply_fn, src, chunks, mp, mods[mp], layers[mp].calls,
-                                 w2.shape[0])
+        w2, st = kernel_hessian(apply_fn, src, chunks, layer, w)
         b, g = bits_of[p], group_of[p]
         res = gptq(w2, st.hessian, bits=b, group_size=g, symmetric=symmetric,
                    blocksize=blocksize, percdamp=percdamp, act_order=act_order, path=p)

@@ -49,6 +49,8 @@ from jaxcomp.core.errors import check_in_range
 from jaxcomp.ops.hessian import (
     HessianState,
     accumulate_hessian,
+    check_solver_args,
+    check_solver_flags,
     conv_kernel_2d,
     conv_kernel_nd,
     conv_patches,
@@ -265,9 +267,7 @@ def sparsegpt_prune(
     h = jnp.asarray(hessian, jnp.float32)
     _check_kernel(w, h, path)
     pat = as_pattern(pattern)
-    check_in_range("percdamp", percdamp, 0.0, None, where=path)
-    if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize < 1:
-        raise ValueError(f"blocksize={blocksize!r} must be a positive int (parameter '{path}')")
+    check_solver_args(percdamp, blocksize, path)
     n_in, out = w.shape
     nm = None
     if isinstance(pat, NM):
@@ -291,12 +291,5 @@ def sparsegpt_prune(
         raise TypeError(f"parameter '{path}': sparsegpt_prune supports unstructured and N:M "
                         f"patterns, got {pat}")
     w_new, keep, h_ok, w_ok = _sparsegpt_kernel(w, h, jnp.float32(percdamp), ks, bs=bs, nm=nm)
-    if not bool(h_ok):
-        raise ValueError(f"parameter '{path}': hessian contains NaN or Inf; check the "
-                         "calibration inputs")
-    if not bool(w_ok):
-        raise ValueError(
-            f"parameter '{path}': the damped Hessian is not positive definite (Cholesky failed); "
-            f"raise percdamp (now {percdamp}) or use more calibration samples"
-        )
+    check_solver_flags(h_ok, w_ok, percdamp, path)
     return w_new, keep

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -25,22 +25,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcomp.core.errors import check_in_range, list_paths
-from jaxcomp.ops.capture import module_of
+from jaxcomp.core.errors import check_in_range
 from jaxcomp.ops.hessian import (
     calibration_chunks,
-    conv_kernel_2d,
     conv_kernel_nd,
-    linen_layers,
-    model_layer_hessian,
+    kernel_hessian,
+    kernel_layers,
     rel_error_from_hessian,
+    select_kernels,
 )
 from jaxcomp.ops.kth import bottomk_mask_unsharded, num_pruned
 from jaxcomp.prune.oneshot.obs import sparsegpt_prune
 from jaxcomp.prune.patterns import NM, as_pattern
-from jaxcomp.select import selectors
 from jaxcomp.select.leafrules import per_leaf
-from jaxcomp.select.selection import flatten
 
 __all__ = ["ObsLayerStats", "ObsPruneResult", "obs_prune"]
 
@@ -160,38 +157,14 @@ def obs_prune(
     References:
       Frantar & Alistarh, SparseGPT, arXiv:2301.00774; Hassibi & Stork 1993.
     """
-    has_params = isinstance(variables, Mapping) and "params" in variables
-    params = variables["params"] if has_params else variables
-    rebuild = (lambda p: {**dict(variables), "params": p}) if has_params else (lambda p: p)
-    sel = flatten(params, where, what="obs_prune",
-                  default=selectors.path(r"(.*/)?kernel") & selectors.ndim(min=2),
-                  hint="Select kernels, e.g. where=r'.*/kernel'.")
+    sel, rebuild = select_kernels(variables, where, what="obs_prune")
     selected = sel.sel_paths
     sparsity_of = dict(zip(selected, per_leaf(
         sparsity, sel, what="sparsity", noun="selected kernel", validate=_check_sparsity,
         hint="Add a pattern for them or exclude them with where=.")))
     chunks = calibration_chunks(calib_x, chunk_size)
-    layers = linen_layers(apply_fn, variables, chunks[0][:1])
-    order = list(layers)
-    mods = {mp: info.module for mp, info in layers.items()}
-    todo = []
+    todo = kernel_layers(apply_fn, variables, sel, chunks[0][:1], what="obs_prune")
     leaves = dict(zip(sel.paths, sel.leaves))
-    for p in selected:
-        mp = module_of(p)
-        if mp not in mods:
-            raise ValueError(f"obs_prune: parameter '{p}' belongs to module '{mp}', which did not "
-                             f"run in apply_fn; modules that ran:\n{list_paths(order)}")
-        if not isinstance(mods[mp], (nn.Dense, nn.Conv)):
-            raise TypeError(f"obs_prune: parameter '{p}' belongs to a {type(mods[mp]).__name__};"
-                            " only nn.Dense and nn.Conv kernels are supported (exclude it with "
-                            "where=)")
-        want = 2 if isinstance(mods[mp], nn.Dense) else len(mods[mp].kernel_size) + 2
-        if not p.endswith("kernel") or jnp.ndim(leaves[p]) != want:
-            raise TypeError(f"obs_prune: parameter '{p}' is not the kernel of its "
-                            f"{type(mods[mp]).__name__}; select only kernels (e.g. "
-                            "where=r'.*/kernel')")
-        todo.append((order.index(mp), p, mp))
-    todo.sort()
     masks = {p: jnp.ones(jnp.shape(x), bool) for p, x in leaves.items()}
     cur = dict(leaves)
 
@@ -199,14 +172,13 @@ def obs_prune(
         return jax.tree_util.tree_unflatten(sel.treedef, [d[p] for p in sel.paths])
 
     stats = []
-    for _, p, mp in todo:
+    for layer in todo:
+        p = layer.path
         t0 = time.perf_counter()
         w = jnp.asarray(cur[p])
-        is_conv = isinstance(mods[mp], nn.Conv)
-        w2 = conv_kernel_2d(w) if is_conv else w
+        is_conv = isinstance(layer.module, nn.Conv)
         src = rebuild(tree(cur)) if sequential else variables
-        st = model_layer_hessian(apply_fn, src, chunks, mp, mods[mp], layers[mp].calls,
-                                 w2.shape[0])
+        w2, st = kernel_hessian(apply_fn, src, chunks, layer, w)
         s = sparsity_of[p]
         new2, keep2 = sparsegpt_prune(w2, st.hessian, s, blocksize=blocksize,
                                       percdamp=percdamp, pattern=pattern, path=p)
