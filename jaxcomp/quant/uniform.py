@@ -265,6 +265,21 @@ def _given_scale(x: jax.Array, scale: Any, zero_point: Any, what: str) -> tuple[
     return s.astype(jnp.float32), z.astype(jnp.float32)
 
 
+def _resolve_scale(x: jax.Array, bits: int, axis: Axis, group_size: int | None,
+                   group_axis: int | None, symmetric: bool, scale: Any, zero_point: Any,
+                   what: str) -> tuple[jax.Array, jax.Array]:
+    """The scale and zero point to quantize ``x`` with: computed from ``x`` or the given ones."""
+    if scale is None:
+        if zero_point is not None:
+            raise ValueError(f"{what}: zero_point is only used with a given scale=")
+        return compute_scale(x, bits=bits, axis=axis, group_size=group_size,
+                             group_axis=group_axis, symmetric=symmetric)
+    if axis is not None or group_size is not None or group_axis is not None:
+        raise ValueError(f"{what}: axis/group_size/group_axis choose how the scale is "
+                         "computed; with a given scale= its shape says it, so drop them")
+    return _given_scale(x, scale, zero_point, what)
+
+
 def _codes(x: jax.Array, scale: jax.Array, zp: jax.Array, qmin: int, qmax: int,
            rounding: str, key: Any, ste: str) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Codes of ``x`` (float32, block-split layout) and the split scale and zero point."""
@@ -332,17 +347,10 @@ def fake_quant(
     check_rounding(what, rounding, key, ste)
     qmin, qmax = quant_range(bits, symmetric=symmetric)
     check_finite_weights(x, what)
-    if scale is None:
-        if zero_point is not None:
-            raise ValueError(f"{what}: zero_point is only used with a given scale=")
-        s, z = compute_scale(x, bits=bits, axis=axis, group_size=group_size,
-                             group_axis=group_axis, symmetric=symmetric)
+    s, z = _resolve_scale(x, bits, axis, group_size, group_axis, symmetric, scale, zero_point,
+                          what)
+    if scale is None:  # computed from x: a constant
         s, z = jax.lax.stop_gradient(s), jax.lax.stop_gradient(z)
-    else:
-        if axis is not None or group_size is not None or group_axis is not None:
-            raise ValueError(f"{what}: axis/group_size/group_axis choose how the scale is "
-                             "computed; with a given scale= its shape says it, so drop them")
-        s, z = _given_scale(x, scale, zero_point, what)
     return _fake_quant_scaled(x, s, z, qmin, qmax, rounding, key, ste)
 
 
@@ -403,16 +411,8 @@ def quantize(
     bits = validate_bits(bits)
     qmin, qmax = quant_range(bits, symmetric=symmetric)
     check_finite_weights(x, what)
-    if scale is None:
-        if zero_point is not None:
-            raise ValueError(f"{what}: zero_point is only used with a given scale=")
-        s, z = compute_scale(x, bits=bits, axis=axis, group_size=group_size,
-                             group_axis=group_axis, symmetric=symmetric)
-    else:
-        if axis is not None or group_size is not None or group_axis is not None:
-            raise ValueError(f"{what}: axis/group_size/group_axis choose how the scale is "
-                             "computed; with a given scale= its shape says it, so drop them")
-        s, z = _given_scale(x, scale, zero_point, what)
+    s, z = _resolve_scale(x, bits, axis, group_size, group_axis, symmetric, scale, zero_point,
+                          what)
     q, _, _ = _codes(x, s, z, qmin, qmax, rounding, key, "clipped")
     dt = _code_dtype(bits, symmetric)
     codes = q.reshape(x.shape).astype(dt)
