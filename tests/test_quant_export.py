@@ -1,17 +1,13 @@
 """jaxcomp.quant.model_file: model files of exactly model_size_bytes, lossless round trips."""
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 import jaxcomp as jc
-import jaxcomp.prune as jp
 from jaxcomp.encode import huffman_code
 from jaxcomp.encode.huffman import canonical_code
 from jaxcomp.metrics import StorageSpec, model_size_bytes
@@ -19,12 +15,9 @@ from jaxcomp.quant.hashing import HashedArray
 from jaxcomp.quant.model_file import (
     decode_model,
     encode_model,
-    export_model,
     huffman_pack,
     huffman_unpack,
-    load_model,
 )
-from jaxcomp.quant.sharing import shared_codebooks, weight_sharing
 
 FORMATS = ["dense", "bitmask", "csr", "relative"]
 
@@ -121,50 +114,6 @@ def test_compressed_leaves_round_trip():
         "materialize": lambda self: self.w, "storage_bits": lambda self: 1}))(jnp.ones(3))
     with pytest.raises(TypeError, match="no file layout is known"):
         encode_model({"o": odd})
-
-
-def test_pruned_shared_trained_model_file(tmp_path):
-    """Deep Compression end to end: prune, share, fine-tune, store relative + Huffman."""
-    k = jax.random.split(jax.random.key(0), 3)
-    params = {"fc1": {"kernel": jax.random.normal(k[0], (64, 32)), "bias": jnp.zeros(32)},
-              "fc2": {"kernel": jax.random.normal(k[1], (32, 10)), "bias": jnp.zeros(10)}}
-    x, y = jax.random.normal(k[2], (16, 64)), jnp.arange(16) % 10
-    comp = jc.chain(jp.magnitude_pruning(0.8), weight_sharing({".*fc1.*": 4, ".*": 3}))
-    state = comp.init(params)
-    tx = optax.chain(optax.adam(1e-2), jc.keep_compressed(comp))
-    params = comp.project(params, state)
-    opt = tx.init(params)
-
-    def loss(p):
-        v = comp.apply(p, state)
-        logits = jnp.maximum(x @ v["fc1"]["kernel"] + v["fc1"]["bias"], 0) @ v["fc2"]["kernel"]
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-    @jax.jit
-    def step(p, o):
-        u, o = tx.update(jax.grad(loss)(p), o, p, compressor_state=state)
-        return optax.apply_updates(p, u), o
-
-    for _ in range(3):
-        params, opt = step(params, opt)
-    view = jax.tree.map(np.asarray, comp.apply(params, state))
-    # the filler zero needs one more code than the 2**bits shared values
-    spec = [(r"fc1/kernel", StorageSpec(format="relative", codebook=17, index_bits=5,
-                                        huffman=True)),
-            (r"fc2/kernel", StorageSpec(format="relative", codebook=9, index_bits=5,
-                                        huffman=True))]
-    path = tmp_path / "model.bin"
-    rep = export_model(view, path, spec)
-    assert os.path.getsize(path) == rep.total_bytes == model_size_bytes(view, spec).total_bytes
-    back = load_model(path, view, spec)
-    for name in ("fc1", "fc2"):
-        for leaf in ("kernel", "bias"):
-            _same(back[name][leaf], view[name][leaf])
-    assert rep.ratio > 8
-    # the Codebook form of the same weights (dense indices) round-trips too
-    books = shared_codebooks(view, state[1])
-    _, rep2 = _round_trip(books, None)
-    assert rep2.row("fc1/kernel").total_bits == 64 * 32 * 5 + 17 * 32
 
 
 def test_corrupted_files_and_mismatched_specs():

@@ -3,7 +3,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from jax.test_util import check_grads
 
@@ -105,7 +104,7 @@ def test_project_is_the_least_squares_fit_and_sample_keeps_values():
     assert hash_array(w, compression=1e-6).num_params == 1
 
 
-def test_hash_kernels_tree_and_training():
+def test_hash_kernels_tree():
     k = jax.random.split(jax.random.key(0), 2)
     params = {"fc1": {"kernel": jax.random.normal(k[0], (160, 48)), "bias": jnp.zeros(48)},
               "fc2": {"kernel": jax.random.normal(k[1], (48, 10)), "bias": jnp.zeros(10)}}
@@ -115,21 +114,9 @@ def test_hash_kernels_tree_and_training():
     assert h64["fc1"]["kernel"].num_params == 120 and h64["fc2"]["kernel"].num_params == 8
     assert (h64["fc1"]["kernel"].seed, h64["fc2"]["kernel"].seed) == (10, 11)
     assert h8["fc1"]["bias"] is params["fc1"]["bias"]
-    # one Adam step through the materialized model updates only the real parameters
-    x = jax.random.normal(k[1], (4, 48))
-    small = hash_kernels({"fc2": params["fc2"]}, compression=1 / 8)
-
-    def loss(p):
-        d = jc.materialize(p)
-        return jnp.sum((x @ d["fc2"]["kernel"] + d["fc2"]["bias"]) ** 2)
-
-    tx = optax.adam(1e-2)
-    opt = tx.init(small)
-    g = jax.jit(jax.grad(loss))(small)
-    upd, _ = tx.update(g, opt, small)
-    new = optax.apply_updates(small, upd)
-    assert isinstance(new["fc2"]["kernel"], HashedArray)
-    assert float(loss(new)) < float(loss(small))
+    # gradients reach the real parameters only, with the leaves' structure
+    g = jax.grad(lambda p: jnp.sum(jc.materialize(p)["fc2"]["kernel"] ** 2))(h64)
+    assert isinstance(g["fc2"]["kernel"], HashedArray) and g["fc2"]["kernel"].weights.shape == (8,)
 
 
 def test_bad_input_errors():

@@ -165,7 +165,7 @@ def test_jit_equals_eager_and_dtypes():
     np.testing.assert_array_equal(np.asarray(eager.materialize()),
                                   np.asarray(eager.centroids)[np.asarray(eager.indices)])
     assert eager.indices.dtype == jnp.uint8 and eager.indices.shape == (40, 25)
-    bf = kmeans_quantize(x.astype(jnp.bfloat16), bits=9, n_iter=1)
+    bf = kmeans_quantize(x[0, :4].astype(jnp.bfloat16), bits=9, n_iter=0)
     assert bf.centroids.dtype == jnp.bfloat16 and bf.indices.dtype == jnp.uint16
     assert bf.centroids.shape == (512,) and bf.materialize().dtype == jnp.bfloat16
 

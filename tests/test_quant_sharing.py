@@ -1,5 +1,7 @@
 """jaxcomp.quant.sharing: trained quantization against hand computations and finite differences."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +13,8 @@ from hypothesis.extra import numpy as hnp
 
 import jaxcomp as jc
 import jaxcomp.prune as jp
+from jaxcomp.metrics import StorageSpec, model_size_bytes
+from jaxcomp.quant.model_file import decode_model, encode_model, export_model, load_model
 from jaxcomp.quant.sharing import (
     WeightSharingState,
     shared_codebooks,
@@ -82,9 +86,9 @@ def _step(tx, loss, p, opt, state):
     return optax.apply_updates(p, u), opt
 
 
-def test_adam_keeps_members_tied_and_zeros_zero_after_pruning():
-    """chain(pruning, sharing): clusters form on the surviving weights; training keeps the
-    pruned weights at zero and every cluster's members equal (float32 and bfloat16)."""
+@pytest.fixture(scope="module")
+def trained():
+    """chain(pruning, sharing) trained for 3 Adam steps: (comp, state, stored params, start)."""
     k = jax.random.split(jax.random.key(0), 3)
     params = {"a": {"kernel": jax.random.normal(k[0], (16, 8))},
               "b": {"kernel": jax.random.normal(k[1], (8, 4)).astype(jnp.bfloat16),
@@ -105,11 +109,19 @@ def test_adam_keeps_members_tied_and_zeros_zero_after_pruning():
     start = jax.tree.map(np.asarray, params)
     for _ in range(3):
         params, opt = step(params, opt)
+    return comp, state, params, start
+
+
+def test_adam_keeps_members_tied_and_zeros_zero_after_pruning(trained):
+    """chain(pruning, sharing): clusters form on the surviving weights; training keeps the
+    pruned weights at zero and every cluster's members equal (float32 and bfloat16)."""
+    comp, state, params, start = trained
     view = comp.apply(params, state)
     masks, shared = state[0].masks, state[1]
     for name in ("a", "b"):
         w = np.asarray(params[name]["kernel"]).astype(np.float32)
         np.testing.assert_array_equal(w, np.asarray(view[name]["kernel"]).astype(np.float32))
+        assert view[name]["kernel"].dtype == params[name]["kernel"].dtype
         m = np.asarray(masks[name]["kernel"])
         assert np.all(w[~m] == 0) and np.all(w[m] != 0)
         idx = np.asarray(shared.indices[name]["kernel"])
@@ -123,15 +135,28 @@ def test_adam_keeps_members_tied_and_zeros_zero_after_pruning():
     assert "b/bias" not in info
 
 
-def test_eager_and_jit_agree_bf16():
-    p = {"w": jax.random.normal(jax.random.key(1), (6, 8)).astype(jnp.bfloat16)}
-    comp = weight_sharing(3, init="random", key=jax.random.key(2))
-    s = comp.init(p)
-    s_j = jax.jit(comp.init)(p)
-    np.testing.assert_array_equal(np.asarray(s.indices["w"]), np.asarray(s_j.indices["w"]))
-    v, v_j = comp.apply(p, s)["w"], jax.jit(comp.apply)(p, s)["w"]
-    assert v.dtype == jnp.bfloat16 and len(np.unique(np.asarray(v, np.float32))) <= 8
-    np.testing.assert_array_equal(np.asarray(v, np.float32), np.asarray(v_j, np.float32))
+def test_trained_pruned_shared_model_exports_to_a_file(trained, tmp_path):
+    """Deep Compression's storage: relative indices, 2-bit shared values + the filler zero
+    (5 codes), Huffman; the file is model_size_bytes to the byte and loads back exactly."""
+    comp, state, params, _ = trained
+    view = jax.tree.map(np.asarray, comp.apply(params, state))
+    spec = [(r"a/kernel", StorageSpec(format="relative", codebook=5, index_bits=2,
+                                      huffman=True)),
+            (r"b/kernel", StorageSpec(format="relative", codebook=5, index_bits=2,
+                                      codebook_bits=16, huffman=True))]
+    path = tmp_path / "model.bin"
+    rep = export_model(view, path, spec)
+    assert os.path.getsize(path) == rep.total_bytes == model_size_bytes(view, spec).total_bytes
+    back = load_model(path, view, spec)
+    for name, leaf in (("a", "kernel"), ("b", "kernel"), ("b", "bias")):
+        assert back[name][leaf].dtype == view[name][leaf].dtype
+        np.testing.assert_array_equal(back[name][leaf], view[name][leaf])
+    # the Codebook form of the same weights (dense indices, the zero as a fifth centroid)
+    books = shared_codebooks(view, state[1])
+    data, rep2 = encode_model(books)
+    assert rep2.row("a/kernel").total_bits == 16 * 8 * 3 + 5 * 32 and len(data) == rep2.total_bytes
+    np.testing.assert_array_equal(
+        np.asarray(jc.materialize(decode_model(data, books))["a"]["kernel"]), view["a"]["kernel"])
 
 
 @given(hnp.arrays(np.float32, (6, 8),

@@ -31,6 +31,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import Any, ClassVar
@@ -123,8 +124,13 @@ def hash_buckets(shape: Any, k: int, *, seed: int = 0) -> tuple[jax.Array, jax.A
     if isinstance(k, bool) or not isinstance(k, (numbers.Integral, np.integer)) or k < 1:
         raise ValueError(f"hash_buckets: k must be a positive int, got {k!r}")
     seed = _check_seed(seed, "hash_buckets")
-    n = math.prod(shape)
-    p = jnp.arange(n, dtype=jnp.uint32)
+    return _buckets(shape, int(k), seed)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _buckets(shape: tuple[int, ...], k: int, seed: int) -> tuple[jax.Array, jax.Array]:
+    # one compiled program per (shape, k, seed); inlined under an outer jit
+    p = jnp.arange(math.prod(shape), dtype=jnp.uint32)
     idx = (hash_positions(p, 2 * seed) % jnp.uint32(k)).astype(jnp.int32)
     sign = jnp.where((hash_positions(p, 2 * seed + 1) & 1) == 0, 1.0, -1.0).astype(jnp.float32)
     return idx.reshape(shape), sign.reshape(shape)
@@ -200,6 +206,22 @@ class HashedArray(CompressedLeaf):
 INIT_MODES = ("project", "sample")
 
 
+@functools.partial(jax.jit, static_argnums=(2,))
+def _sample(w: jax.Array, key: jax.Array, k: int) -> jax.Array:
+    flat = w.reshape(-1)
+    return flat[jax.random.permutation(key, flat.shape[0])[:k]]
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _project(w: jax.Array, k: int, seed: int) -> jax.Array:
+    """The least-squares weights: the signed mean of each bucket (0 when empty)."""
+    idx, sign = _buckets(tuple(w.shape), k, seed)
+    num = jax.ops.segment_sum(w.reshape(-1).astype(jnp.float32) * sign.reshape(-1),
+                              idx.reshape(-1), num_segments=k)
+    cnt = jax.ops.segment_sum(jnp.ones((w.size,), jnp.float32), idx.reshape(-1), num_segments=k)
+    return (num / jnp.maximum(cnt, 1.0)).astype(w.dtype)
+
+
 def _num_params(size: int, compression: Any, what: str) -> int:
     if isinstance(compression, bool) or not isinstance(compression, (numbers.Real, np.number)):
         raise TypeError(f"{what}: compression must be a number in (0, 1], got {compression!r}")
@@ -259,19 +281,13 @@ def hash_array(
     if init not in INIT_MODES:
         raise ValueError(f"{what}: init={init!r} must be 'project' or 'sample'")
     w = jnp.asarray(w)
-    flat = w.reshape(-1)
     if init == "sample":
         if key is None:
             raise ValueError(f"{what}: init='sample' needs key=jax.random.key(...)")
         check_key(key, f"{what}(key=)")
-        weights = flat[jax.random.permutation(key, size)[:k]]
+        weights = _sample(w, key, k)
     else:
-        idx, sign = hash_buckets(w.shape, k, seed=seed)
-        num = jax.ops.segment_sum(flat.astype(jnp.float32) * sign.reshape(-1), idx.reshape(-1),
-                                  num_segments=k)
-        cnt = jax.ops.segment_sum(jnp.ones((size,), jnp.float32), idx.reshape(-1),
-                                  num_segments=k)
-        weights = (num / jnp.maximum(cnt, 1.0)).astype(w.dtype)
+        weights = _project(w, k, seed)
     return HashedArray(weights, dense_shape=tuple(w.shape), seed=seed)
 
 

@@ -40,6 +40,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import Any
 
@@ -236,6 +237,30 @@ def _lloyd(flat: jax.Array, valid: jax.Array, c: jax.Array, n_iter: int) -> tupl
     return c, _assign(flat, c)
 
 
+# One compiled program per static configuration: eager calls compile once instead of once per
+# primitive, and under an outer jit these inline.
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _init_jit(flat: jax.Array, valid: jax.Array, key: Any, k: int, init: str) -> jax.Array:
+    return _init(flat, valid, k, init, key)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6))
+def _kmeans(flat: jax.Array, valid: jax.Array, key: Any, k: int, init: str, n_iter: int,
+            n_init: int) -> tuple[jax.Array, jax.Array]:
+    def run(key):
+        c, lab = _lloyd(flat, valid, _init(flat, valid, k, init, key), n_iter)
+        d = flat - c[lab]
+        return c, lab, jnp.sum(jnp.where(valid, d * d, 0.0))
+
+    if n_init == 1:
+        c, lab, _ = run(key)
+    else:
+        cs, labs, sse = lax.map(run, jax.random.split(key, n_init))
+        best = jnp.argmin(sse)
+        c, lab = cs[best], labs[best]
+    return c, jnp.where(valid, lab, -1)
+
+
 def kmeans_init(
     x: jax.typing.ArrayLike,
     *,
@@ -277,7 +302,7 @@ def kmeans_init(
       Han, Mao, Dally, arXiv:1510.00149, Section 3.2 (centroid initialization).
     """
     flat, valid, k = _prepare(x, k, init, key, mask, "kmeans_init")
-    return _init(flat, valid, k, init, key)
+    return _init_jit(flat, valid, key, k, init)
 
 
 def kmeans_1d(
@@ -329,18 +354,7 @@ def kmeans_1d(
                          f"({' or '.join(map(repr, RANDOM_INITS))}); init={init!r} always "
                          "starts from the same centroids")
 
-    def run(key):
-        c, lab = _lloyd(flat, valid, _init(flat, valid, k, init, key), n_iter)
-        d = flat - c[lab]
-        return c, lab, jnp.sum(jnp.where(valid, d * d, 0.0))
-
-    if n_init == 1:
-        c, lab, _ = run(key)
-    else:
-        cs, labs, sse = lax.map(run, jax.random.split(key, n_init))
-        best = jnp.argmin(sse)
-        c, lab = cs[best], labs[best]
-    lab = jnp.where(valid, lab, -1)
+    c, lab = _kmeans(flat, valid, key, k, init, n_iter, n_init)
     return c, lab.reshape(jnp.shape(x))
 
 

@@ -115,7 +115,9 @@ def _centroids(w: jax.Array, eff: jax.Array, k: int) -> jax.Array:
     return jnp.where((cnt > 0) & (jnp.arange(k + 1) < k), c, 0.0)
 
 
+@functools.partial(jax.jit, static_argnums=(2,))
 def _tie(w: jax.Array, idx: jax.Array, k: int) -> jax.Array:
+    # one compiled program per shape and k; inlined under an outer jit
     eff = _members(w, idx, k)
     return _centroids(w, eff, k)[eff].astype(w.dtype)
 
