@@ -365,6 +365,17 @@ def kmeans_objective(
 ) -> jax.Array:
     """Within-cluster sum of squares ``Σ (x_i - c[label_i])²`` over elements with ``label >= 0``.
 
+    Args:
+      x: the values (any shape; flattened).
+      centroids: the centroid vector.
+      labels: one integer label per value; negative labels (pruned) are skipped.
+
+    Returns:
+      The float32 objective.
+
+    Raises:
+      ValueError: a label count that differs from the value count.
+
     Example:
       >>> import jax.numpy as jnp
       >>> float(kmeans_objective(jnp.array([0.0, 1.0, 4.0]), jnp.array([0.5, 4.0]),

@@ -614,8 +614,16 @@ def decode_model(data: bytes, like: Any, spec: Any = None) -> Any:
 def export_model(params: Any, path: str | os.PathLike, spec: Any = None) -> StorageReport:
     """Writes ``params`` to ``path`` under ``spec`` (see :func:`encode_model`).
 
+    Args:
+      params: a parameter tree of concrete arrays and compressed leaves.
+      path: the file to write (replaced if it exists).
+      spec: how dense leaves are stored (any :func:`~jaxcomp.metrics.model_size_bytes` form).
+
     Returns:
       The storage report; the file's size is exactly ``report.total_bytes``.
+
+    Raises:
+      ValueError, TypeError: as :func:`encode_model` (nothing is written then).
 
     Example:
       >>> import os, tempfile, numpy as np
@@ -633,6 +641,25 @@ def export_model(params: Any, path: str | os.PathLike, spec: Any = None) -> Stor
 
 
 def load_model(path: str | os.PathLike, like: Any, spec: Any = None) -> Any:
-    """Reads a file written by :func:`export_model` (see :func:`decode_model`)."""
+    """Reads a file written by :func:`export_model` (see :func:`decode_model`).
+
+    Args:
+      path: the file.
+      like: the tree's structure, shapes, dtypes and leaf types.
+      spec: the spec the file was written with.
+
+    Returns:
+      The parameter tree (NumPy arrays).
+
+    Raises:
+      ValueError: truncated, trailing or corrupted data (naming the leaf).
+
+    Example:
+      >>> import os, tempfile, numpy as np
+      >>> path = os.path.join(tempfile.mkdtemp(), "b.bin")
+      >>> _ = export_model({"b": np.arange(3, dtype=np.int8)}, path)
+      >>> load_model(path, {"b": np.zeros(3, np.int8)})["b"].tolist(), os.path.getsize(path)
+      ([0, 1, 2], 3)
+    """
     with open(path, "rb") as f:
         return decode_model(f.read(), like, spec)
