@@ -11,8 +11,8 @@ codes with an integer zero point) at each of ``--bits``, with
 * groups of about 128 inputs (``g128``: 112 for fc1's 784 inputs, 128 for
   fc2 and fc3),
 
-by round-to-nearest (:func:`jaxcomp.quant.gptq.round_to_nearest`) and by
-GPTQ (:func:`jaxcomp.quant.gptq_model.gptq_quantize`, sequential, damping
+by round-to-nearest (:func:`jaxcomp.quant.ptq.gptq.round_to_nearest`) and by
+GPTQ (:func:`jaxcomp.quant.ptq.gptq_model.gptq_quantize`, sequential, damping
 0.01, blocks of 128 inputs). Reported, on the 1,000 *test* images (not the
 calibration data GPTQ fitted):
 
@@ -26,7 +26,7 @@ calibration data GPTQ fitted):
 * GPTQ's wall time for the whole model (one call after a warm-up call of
   the same configuration, so compiles are excluded).
 
-Then a mixed-precision search (:mod:`jaxcomp.quant.mixed_precision`): the
+Then a mixed-precision search (:mod:`jaxcomp.quant.ptq.mixed_precision`): the
 loss increase of each layer alone at 2/3/4/8 bits (round-to-nearest, on the
 calibration images) and the exact search under a weight budget of
 ``--mp-bits`` bits per weight on average (default 2.5); the policy is
@@ -50,9 +50,9 @@ import optax
 
 from jaxcomp.data import mnist5k
 from jaxcomp.models import mlp
-from jaxcomp.quant.gptq import round_to_nearest
-from jaxcomp.quant.gptq_model import gptq_quantize
-from jaxcomp.quant.mixed_precision import mixed_precision_search, quantization_sensitivity
+from jaxcomp.quant.ptq.gptq import round_to_nearest
+from jaxcomp.quant.ptq.gptq_model import gptq_quantize
+from jaxcomp.quant.ptq.mixed_precision import mixed_precision_search, quantization_sensitivity
 
 WIDTHS = (784, 256, 128, 10)
 LAYERS = ("fc1", "fc2", "fc3")

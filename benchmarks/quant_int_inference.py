@@ -36,7 +36,7 @@ import numpy as np
 from _timing import fmt_ratio, interleaved, machine, ratio_stats
 
 from jaxcomp.models.mlp import MLP
-from jaxcomp.quant.integer_model import export_integer
+from jaxcomp.quant.integer.model import export_integer
 from jaxcomp.quant.intercept import ActQuant, act_quantized
 from jaxcomp.quant.uniform import fake_quant
 

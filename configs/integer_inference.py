@@ -6,7 +6,7 @@ the convolutions. From that network, two runs with the same budget and
 learning rate: float fine-tuning (the float reference) and quantization-aware
 training (int8 per-channel weights, 8-bit asymmetric activations with
 moving-average ranges, ``jaxcomp.quant.intercept``). The QAT model is
-exported to an integer-only network (``jaxcomp.quant.integer_model``) and
+exported to an integer-only network (``jaxcomp.quant.integer.model``) and
 evaluated; post-training quantization of the float reference (calibration
 only) is the no-QAT baseline. Latency: batch ``latency.batch_size`` on the
 CPU, float vs integer network, interleaved rounds.

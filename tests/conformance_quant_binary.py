@@ -1,10 +1,10 @@
-"""Conformance rows of the binary and ternary compressors (``jaxcomp.quant.binary``/``ternary``)."""
+"""Conformance rows of the binary and ternary compressors (``jaxcomp.quant.binary.sign``/``ternary``)."""
 
 import jax
 from conformance_kit import Row
 
-from jaxcomp.quant.binary import binary_connect, xnor_binarization
-from jaxcomp.quant.ternary import abc_binarization, ternary_weights
+from jaxcomp.quant.binary.sign import binary_connect, xnor_binarization
+from jaxcomp.quant.binary.ternary import abc_binarization, ternary_weights
 
 ROWS = [
     Row("binary_connect", binary_connect),

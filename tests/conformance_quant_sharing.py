@@ -1,10 +1,10 @@
-"""Conformance rows of the parameter-sharing compressors (jaxcomp.quant.sharing)."""
+"""Conformance rows of the parameter-sharing compressors (jaxcomp.quant.sharing.trained)."""
 
 from conformance_kit import SCHED, Row
 
 import jaxcomp as jc
 import jaxcomp.prune as jp
-from jaxcomp.quant.sharing import weight_sharing
+from jaxcomp.quant.sharing.trained import weight_sharing
 
 ROWS = [
     Row("weight_sharing", lambda: weight_sharing({".*fc1.*": 3, ".*": 1}, init="density")),

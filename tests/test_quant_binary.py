@@ -1,4 +1,4 @@
-"""Binary and ternary networks: jaxcomp.quant.binary, binary_core and ternary.
+"""Binary and ternary networks: jaxcomp.quant.binary.sign, binary_core and ternary.
 
 Forward values against NumPy oracles (np.linalg.lstsq for ABC-Net's α,
 brute-force loops for XNOR's K), straight-through gradients against central
@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 import jaxcomp as jc
 from jaxcomp.config import build_compressor
-from jaxcomp.quant.binary import (
+from jaxcomp.quant.binary.core import BinaryState, binary_export, straight_through
+from jaxcomp.quant.binary.sign import (
     binarize,
     binary_activation,
     binary_connect,
@@ -25,8 +26,7 @@ from jaxcomp.quant.binary import (
     xnor_input_scale,
     xnor_weights,
 )
-from jaxcomp.quant.binary_core import BinaryState, binary_export, straight_through
-from jaxcomp.quant.ternary import (
+from jaxcomp.quant.binary.ternary import (
     abc_bases,
     abc_binarization,
     abc_binarize,

@@ -1,4 +1,4 @@
-"""jaxcomp.quant.model_file: model files of exactly model_size_bytes, lossless round trips."""
+"""jaxcomp.quant.sharing.model_file: model files of exactly model_size_bytes, lossless round trips."""
 
 import jax
 import jax.numpy as jnp
@@ -11,8 +11,8 @@ import jaxcomp as jc
 from jaxcomp.encode import huffman_code
 from jaxcomp.encode.huffman import canonical_code
 from jaxcomp.metrics import StorageSpec, model_size_bytes
-from jaxcomp.quant.hashing import HashedArray
-from jaxcomp.quant.model_file import (
+from jaxcomp.quant.sharing.hashing import HashedArray
+from jaxcomp.quant.sharing.model_file import (
     decode_model,
     encode_model,
     huffman_pack,

@@ -1,4 +1,4 @@
-"""GPTQ (jaxcomp.quant.gptq, gptq_model): numpy column-loop oracle, RTN comparisons, model driver."""
+"""GPTQ (jaxcomp.quant.ptq.gptq, gptq_model): numpy column-loop oracle, RTN comparisons, model driver."""
 
 import flax.linen as nn
 import jax
@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 import jaxcomp as jc
 from jaxcomp.ops.hessian import conv_kernel_2d, conv_patches, layer_hessian
-from jaxcomp.quant.gptq import check_group_size, gptq, round_to_nearest
-from jaxcomp.quant.gptq_model import gptq_quantize
+from jaxcomp.quant.ptq.gptq import check_group_size, gptq, round_to_nearest
+from jaxcomp.quant.ptq.gptq_model import gptq_quantize
 from jaxcomp.quant.uniform import fake_quant
 
 D, OUT = 12, 4

@@ -1,4 +1,4 @@
-"""jaxcomp.quant.hashing: HashedNets leaves against a NumPy re-implementation of the hash."""
+"""jaxcomp.quant.sharing.hashing: HashedNets leaves against a NumPy re-implementation of the hash."""
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +8,7 @@ from jax.test_util import check_grads
 
 import jaxcomp as jc
 from jaxcomp.metrics import model_size_bytes
-from jaxcomp.quant.hashing import HashedArray, hash_array, hash_buckets, hash_kernels
+from jaxcomp.quant.sharing.hashing import HashedArray, hash_array, hash_buckets, hash_kernels
 
 
 def _np_mix(p, salt):

@@ -1,4 +1,4 @@
-"""jaxcomp.quant.integer_ops / integer_model: int8 kernels, fixed-point requantization, export."""
+"""jaxcomp.quant.integer.ops / integer_model: int8 kernels, fixed-point requantization, export."""
 
 import flax.linen as nn
 import jax
@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jaxcomp import data
-from jaxcomp.quant.integer_model import IntegerModel, act_codes, export_integer
-from jaxcomp.quant.integer_ops import (
+from jaxcomp.quant.integer.model import IntegerModel, act_codes, export_integer
+from jaxcomp.quant.integer.ops import (
     fold_batchnorm,
     int_conv,
     int_dense,

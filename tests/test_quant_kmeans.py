@@ -1,4 +1,4 @@
-"""jaxcomp.quant.kmeans: 1-D k-means against scikit-learn, numpy and brute force."""
+"""jaxcomp.quant.sharing.kmeans: 1-D k-means against scikit-learn, numpy and brute force."""
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +10,7 @@ from hypothesis.extra import numpy as hnp
 from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
 
-from jaxcomp.quant.kmeans import kmeans_1d, kmeans_init, kmeans_objective, kmeans_quantize
+from jaxcomp.quant.sharing.kmeans import kmeans_1d, kmeans_init, kmeans_objective, kmeans_quantize
 
 N = 1000
 

@@ -1,4 +1,4 @@
-"""Mixed precision (jaxcomp.quant.mixed_precision): sensitivities, Hutchinson traces, searches."""
+"""Mixed precision (jaxcomp.quant.ptq.mixed_precision): sensitivities, Hutchinson traces, searches."""
 
 import itertools
 
@@ -11,7 +11,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from jaxcomp.quant.compressors import fake_quantization
-from jaxcomp.quant.mixed_precision import (
+from jaxcomp.quant.ptq.mixed_precision import (
     BitSensitivity,
     MixedPrecisionPolicy,
     hessian_sensitivity,

@@ -1,4 +1,4 @@
-"""jaxcomp.quant.sharing: trained quantization against hand computations and finite differences."""
+"""jaxcomp.quant.sharing.trained: trained quantization against hand computations and finite differences."""
 
 import os
 
@@ -14,8 +14,8 @@ from hypothesis.extra import numpy as hnp
 import jaxcomp as jc
 import jaxcomp.prune as jp
 from jaxcomp.metrics import StorageSpec, model_size_bytes
-from jaxcomp.quant.model_file import decode_model, encode_model, export_model, load_model
-from jaxcomp.quant.sharing import (
+from jaxcomp.quant.sharing.model_file import decode_model, encode_model, export_model, load_model
+from jaxcomp.quant.sharing.trained import (
     WeightSharingState,
     shared_codebooks,
     shared_view,

@@ -44,7 +44,7 @@ Conventions:
   reader needs it to find where the leaf's streams end. Shapes, dtypes and
   the spec itself are known to the reader and are not charged.
 * ``total_bytes`` is ``ceil(total_bits / 8)``: the model as one bit-packed
-  stream, exactly the size of the file :func:`jaxcomp.quant.model_file.export_model`
+  stream, exactly the size of the file :func:`jaxcomp.quant.sharing.model_file.export_model`
   writes for the same tree and spec.
 
 References:

@@ -42,7 +42,8 @@ References:
   (HAQ), arXiv:1811.08886.
 """
 
-from jaxcomp.quant.binary import (
+from jaxcomp.quant.binary.core import BinaryState, binary_export
+from jaxcomp.quant.binary.sign import (
     BinaryConnectState,
     XnorBinarizationState,
     binarize,
@@ -52,7 +53,15 @@ from jaxcomp.quant.binary import (
     xnor_input_scale,
     xnor_weights,
 )
-from jaxcomp.quant.binary_core import BinaryState, binary_export
+from jaxcomp.quant.binary.ternary import (
+    AbcBinarizationState,
+    TernaryWeightsState,
+    abc_bases,
+    abc_binarization,
+    abc_binarize,
+    ternarize,
+    ternary_weights,
+)
 from jaxcomp.quant.calibration import (
     EmaRange,
     calibrate,
@@ -69,11 +78,8 @@ from jaxcomp.quant.compressors import (
 )
 from jaxcomp.quant.export import export_quantized
 from jaxcomp.quant.fixed_point import fixed_point, fixed_point_range
-from jaxcomp.quant.gptq import GPTQOutput, gptq, round_to_nearest
-from jaxcomp.quant.gptq_model import GPTQLayerStats, GPTQResult, gptq_quantize
-from jaxcomp.quant.hashing import HashedArray, hash_array, hash_kernels
-from jaxcomp.quant.integer_model import IntegerModel, export_integer
-from jaxcomp.quant.integer_ops import (
+from jaxcomp.quant.integer.model import IntegerModel, export_integer
+from jaxcomp.quant.integer.ops import (
     fold_batchnorm,
     int_conv,
     int_dense,
@@ -81,26 +87,20 @@ from jaxcomp.quant.integer_ops import (
     requantize,
 )
 from jaxcomp.quant.intercept import ActRanges, act_quantized, quantize_activations
-from jaxcomp.quant.kmeans import kmeans_1d, kmeans_objective, kmeans_quantize
 from jaxcomp.quant.learned import PACT, LsqArray, lsq_fake_quant, lsq_init_step, pact
-from jaxcomp.quant.mixed_precision import MixedPrecisionPolicy, mixed_precision_search
-from jaxcomp.quant.model_file import export_model, load_model
-from jaxcomp.quant.sensitivity import (
+from jaxcomp.quant.ptq.gptq import GPTQOutput, gptq, round_to_nearest
+from jaxcomp.quant.ptq.gptq_model import GPTQLayerStats, GPTQResult, gptq_quantize
+from jaxcomp.quant.ptq.mixed_precision import MixedPrecisionPolicy, mixed_precision_search
+from jaxcomp.quant.ptq.sensitivity import (
     BitSensitivity,
     hessian_sensitivity,
     hessian_trace,
     quantization_sensitivity,
 )
-from jaxcomp.quant.sharing import WeightSharingState, weight_sharing
-from jaxcomp.quant.ternary import (
-    AbcBinarizationState,
-    TernaryWeightsState,
-    abc_bases,
-    abc_binarization,
-    abc_binarize,
-    ternarize,
-    ternary_weights,
-)
+from jaxcomp.quant.sharing.hashing import HashedArray, hash_array, hash_kernels
+from jaxcomp.quant.sharing.kmeans import kmeans_1d, kmeans_objective, kmeans_quantize
+from jaxcomp.quant.sharing.model_file import export_model, load_model
+from jaxcomp.quant.sharing.trained import WeightSharingState, weight_sharing
 from jaxcomp.quant.uniform import (
     compute_scale,
     dequantize,

@@ -32,14 +32,14 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-import jaxcomp.quant.ternary  # noqa: F401  (registers ternary_weights for build_compressor)
+import jaxcomp.quant.binary.ternary  # noqa: F401  (registers ternary_weights for build_compressor)
 from jaxcomp import metrics, studies
 from jaxcomp.config import ConfigError, build_compressor
 from jaxcomp.core.info import compression_info
 from jaxcomp.experiment import figure, load_data, mean_std, train_supervised
 from jaxcomp.models import ModelSpec
-from jaxcomp.quant.binary import binary_activation, xnor_input_scale
-from jaxcomp.quant.binary_core import binary_export
+from jaxcomp.quant.binary.core import binary_export
+from jaxcomp.quant.binary.sign import binary_activation, xnor_input_scale
 from jaxcomp.studies import by_sign, markdown_table, signed, words
 
 STUDY = "binary_ternary"

@@ -4,7 +4,7 @@ Per seed: the full 784-H-10 dense net; then per compression factor ``f``
 three nets whose kernels hold ``1/f`` of the dense kernel weights as real
 parameters, trained from scratch with the same optimizer and steps:
 
-* ``hashed``: :func:`jaxcomp.quant.hashing.hash_kernels` (``K = size/f``
+* ``hashed``: :func:`jaxcomp.quant.sharing.hashing.hash_kernels` (``K = size/f``
   per kernel, ``init="sample"``), trained through
   ``jaxcomp.stateless(jaxcomp.materialize)``;
 * ``low_rank``: ``jaxcomp.LowRank`` kernels of the largest rank ``r`` with
@@ -36,7 +36,7 @@ import numpy as np
 import jaxcomp as jc
 from jaxcomp import metrics, studies
 from jaxcomp.experiment import build_model, figure, load_data, mean_std, train_supervised
-from jaxcomp.quant.hashing import hash_kernels
+from jaxcomp.quant.sharing.hashing import hash_kernels
 from jaxcomp.studies import by_sign, fmt_ms, markdown_table, signed, words
 
 STUDY = "hashednets"

@@ -49,8 +49,8 @@ from jaxcomp import data, studies
 from jaxcomp.config import ConfigError
 from jaxcomp.experiment import mean_std
 from jaxcomp.models.mlp import MLP
-from jaxcomp.quant.integer_model import export_integer
-from jaxcomp.quant.integer_ops import fold_batchnorm
+from jaxcomp.quant.integer.model import export_integer
+from jaxcomp.quant.integer.ops import fold_batchnorm
 from jaxcomp.quant.intercept import ActQuant, act_quantized
 from jaxcomp.quant.uniform import fake_quant
 from jaxcomp.studies import by_sign, markdown_table, plain

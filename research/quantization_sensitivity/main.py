@@ -2,7 +2,7 @@
 
 Per seed: a dense LeNet-5 variant (``lenet5_classic`` on zero-padded 32x32
 inputs); then for each layer type (``config.groups``) and bit width ``b``,
-:func:`jaxcomp.quant.sharing.weight_sharing` replaces that type's kernels by
+:func:`jaxcomp.quant.sharing.trained.weight_sharing` replaces that type's kernels by
 ``2**b`` k-means centroids per layer (the other layers stay dense), the
 accuracy is measured at once (k-means only) and after fine-tuning the
 centroids and the dense layers for ``config.finetune.steps`` Adam steps
@@ -36,7 +36,7 @@ from jaxcomp import studies
 from jaxcomp.config import ConfigError
 from jaxcomp.data import batches
 from jaxcomp.experiment import build_model, figure, load_data, mean_std
-from jaxcomp.quant.sharing import weight_sharing
+from jaxcomp.quant.sharing.trained import weight_sharing
 from jaxcomp.studies import fmt_ms, markdown_table, plain, words
 
 STUDY = "quantization_sensitivity"

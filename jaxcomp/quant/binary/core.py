@@ -11,8 +11,8 @@
   :func:`binary_export` (the binarized leaves as the compressed leaves they
   are stored as).
 
-The methods themselves are in :mod:`jaxcomp.quant.binary` (BinaryConnect,
-XNOR-Net) and :mod:`jaxcomp.quant.ternary` (TWN, ABC-Net).
+The methods themselves are in :mod:`jaxcomp.quant.binary.sign` (BinaryConnect,
+XNOR-Net) and :mod:`jaxcomp.quant.binary.ternary` (TWN, ABC-Net).
 
 References:
   Bengio, Léonard, Courville, "Estimating or propagating gradients through
@@ -308,7 +308,7 @@ class BinaryState(NamedTuple):
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from jaxcomp.quant.binary import binary_connect
+      >>> from jaxcomp.quant.binary.sign import binary_connect
       >>> s = binary_connect().init({"fc": {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}})
       >>> s.method.paths, s.__jaxcomp_info__()["fc/kernel"].weight_bits
       (('fc/kernel',), 1)
@@ -491,7 +491,7 @@ def binary_export(params: Any, state: BinaryState) -> Any:
     Example:
       >>> import jax.numpy as jnp
       >>> import jaxcomp as jc
-      >>> from jaxcomp.quant.binary import xnor_binarization
+      >>> from jaxcomp.quant.binary.sign import xnor_binarization
       >>> params = {"fc": {"kernel": jnp.array([[0.5, -0.25], [-1.5, 0.75]]), "bias": jnp.zeros(2)}}
       >>> comp = xnor_binarization(where=r".*/kernel")          # alphas 1.0 and 0.5
       >>> q = binary_export(params, comp.init(params))["fc"]["kernel"]

@@ -36,7 +36,7 @@ GPTQ is round-to-nearest (:func:`jaxcomp.quant.uniform.fake_quant`).
 Convolutions: quantize the im2col kernel
 (:func:`jaxcomp.ops.hessian.conv_kernel_2d`) with the Hessian of
 :func:`jaxcomp.ops.hessian.conv_patches`; the model driver
-:func:`jaxcomp.quant.gptq_model.gptq_quantize` does this for linen models.
+:func:`jaxcomp.quant.ptq.gptq_model.gptq_quantize` does this for linen models.
 
 References:
   Frantar, Ashkboos, Hoefler & Alistarh, GPTQ: Accurate post-training

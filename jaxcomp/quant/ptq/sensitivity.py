@@ -1,7 +1,7 @@
 """Per-layer quantization sensitivity: how much the loss grows when one layer is quantized.
 
 The first half of a mixed-precision search
-(:func:`jaxcomp.quant.mixed_precision.mixed_precision_search`): a
+(:func:`jaxcomp.quant.ptq.mixed_precision.mixed_precision_search`): a
 :class:`BitSensitivity` table ``Δloss[layer, bits]`` from
 
 * :func:`quantization_sensitivity`: the loss increase on calibration data

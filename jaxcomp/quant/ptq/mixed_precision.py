@@ -4,8 +4,8 @@ HAQ (Wang et al. 2019) gives each layer its own weight bit width under a
 hardware budget, found by reinforcement learning. Here the search is a
 knapsack over measured or estimated per-layer costs:
 
-1. **Sensitivity** — a :class:`~jaxcomp.quant.sensitivity.BitSensitivity`
-   table ``Δloss[layer, bits]`` (:mod:`jaxcomp.quant.sensitivity`, names
+1. **Sensitivity** — a :class:`~jaxcomp.quant.ptq.sensitivity.BitSensitivity`
+   table ``Δloss[layer, bits]`` (:mod:`jaxcomp.quant.ptq.sensitivity`, names
    re-exported here): measured by :func:`quantization_sensitivity` (the
    loss increase when only that layer is quantized) or estimated by
    :func:`hessian_sensitivity` (HAWQ-v2's Hutchinson trace × quantization
@@ -48,7 +48,7 @@ import re
 
 import numpy as np
 
-from jaxcomp.quant.sensitivity import (
+from jaxcomp.quant.ptq.sensitivity import (
     BitSensitivity,
     hessian_sensitivity,
     hessian_trace,

@@ -8,7 +8,7 @@ gradients of their members: ``c_k ← c_k − lr · Σ_{i ∈ k} ∂L/∂w_i``.
 :func:`weight_sharing` does this within the compressor protocol, with no
 change to the parameter tree and nothing for the optimizer to learn about:
 
-* ``init(params)`` runs :func:`~jaxcomp.quant.kmeans.kmeans_1d` on the
+* ``init(params)`` runs :func:`~jaxcomp.quant.sharing.kmeans.kmeans_1d` on the
   non-zero weights of every selected leaf and stores the assignment
   (``indices``) in the state. Zero weights (pruned, e.g. by a
   :func:`jaxcomp.prune.magnitude_pruning` earlier in a :func:`jaxcomp.chain`)
@@ -53,7 +53,7 @@ from jaxcomp.core.errors import concrete
 from jaxcomp.core.info import LeafInfo
 from jaxcomp.core.keys import check_key
 from jaxcomp.core.leaves import Codebook, CompressedLeaf
-from jaxcomp.quant.kmeans import INITS, RANDOM_INITS, check_bits, kmeans_1d
+from jaxcomp.quant.sharing.kmeans import INITS, RANDOM_INITS, check_bits, kmeans_1d
 from jaxcomp.select.leafrules import per_leaf
 from jaxcomp.select.paths import leaves_with_paths
 from jaxcomp.select.selection import Selected, flatten

@@ -7,8 +7,8 @@
   binarizations ``B_m = sign(W - mean(W) + u_m · std(W))`` combined as
   ``Σ α_m B_m``, with ``α`` the least-squares fit to ``W``.
 * Compressors :func:`ternary_weights` and :func:`abc_binarization`
-  (state :class:`~jaxcomp.quant.binary_core.BinaryState`; ``weight_bits`` 2 and
-  ``M``; :func:`~jaxcomp.quant.binary_core.binary_export` stores them as 2-bit
+  (state :class:`~jaxcomp.quant.binary.core.BinaryState`; ``weight_bits`` 2 and
+  ``M``; :func:`~jaxcomp.quant.binary.core.binary_export` stores them as 2-bit
   :class:`~jaxcomp.QArray` codes and as a ``2**M``-entry
   :class:`~jaxcomp.Codebook`).
 
@@ -32,7 +32,7 @@ from jax import lax
 
 from jaxcomp.core.base import Compressor
 from jaxcomp.core.leaves import Codebook, QArray
-from jaxcomp.quant.binary_core import (
+from jaxcomp.quant.binary.core import (
     BinaryMethod,
     BinaryState,
     build_binary,
@@ -301,7 +301,7 @@ def ternary_weights(*, delta_factor: float = 0.7, axis: Any = None,
 
     Returns:
       A :class:`~jaxcomp.Compressor` with state
-      :class:`~jaxcomp.quant.binary_core.BinaryState` (``weight_bits=2``).
+      :class:`~jaxcomp.quant.binary.core.BinaryState` (``weight_bits=2``).
 
     Raises:
       ValueError: ``delta_factor <= 0``; at ``init``, an axis out of range
@@ -365,7 +365,7 @@ def abc_binarization(num_bases: int = 3, *, shifts: Sequence[float] | None = Non
 
     Returns:
       A :class:`~jaxcomp.Compressor` with state
-      :class:`~jaxcomp.quant.binary_core.BinaryState` (``weight_bits=M``).
+      :class:`~jaxcomp.quant.binary.core.BinaryState` (``weight_bits=M``).
 
     Raises:
       ValueError: ``M < 1`` or ``> 16``, bad shifts; at ``init``, NaN/Inf

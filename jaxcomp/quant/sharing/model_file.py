@@ -33,7 +33,7 @@ whole stream zero-padded to a byte:
   ``index_bits`` then its centroids; a :class:`~jaxcomp.QArray` as its codes
   at ``bits`` (two's complement when signed) then scales and zero points;
   any other leaf whose ``storage_bits()`` is the raw size of its arrays
-  (``LowRank``, :class:`~jaxcomp.quant.hashing.HashedArray`, ...) as those
+  (``LowRank``, :class:`~jaxcomp.quant.sharing.hashing.HashedArray`, ...) as those
   arrays.
 
 References:

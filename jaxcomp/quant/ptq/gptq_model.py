@@ -6,7 +6,7 @@ the layers quantized so far (``sequential=True``, as in GPTQ), the layer's
 inputs are captured (the forward pass stops after its last call), the
 Hessian ``2XᵀX/n`` is accumulated chunk by chunk
 (:func:`jaxcomp.ops.hessian.model_layer_hessian`), the kernel is quantized
-by :func:`jaxcomp.quant.gptq.gptq` and its dequantized values are written
+by :func:`jaxcomp.quant.ptq.gptq.gptq` and its dequantized values are written
 back, so later layers are calibrated on the quantized model's activations.
 
 Convolutions are quantized as their im2col kernels ``(cin·prod(k), cout)``
@@ -37,7 +37,7 @@ from jaxcomp.ops.hessian import (
     rel_error_from_hessian,
     select_kernels,
 )
-from jaxcomp.quant.gptq import check_group_size, gptq, round_to_nearest
+from jaxcomp.quant.ptq.gptq import check_group_size, gptq, round_to_nearest
 from jaxcomp.quant.uniform import validate_bits
 from jaxcomp.select.leafrules import per_leaf
 
@@ -142,7 +142,7 @@ def gptq_quantize(
         kernel's inputs; for convolutions, a multiple of ``prod(kernel_size)``.
       where: kernels to quantize (default: leaves named ``kernel`` with
         ``ndim >= 2``). Each must belong to an ``nn.Dense`` or ``nn.Conv``.
-      symmetric, act_order, blocksize, percdamp: see :func:`jaxcomp.quant.gptq.gptq`.
+      symmetric, act_order, blocksize, percdamp: see :func:`jaxcomp.quant.ptq.gptq.gptq`.
       chunk_size: rows of ``calib_x`` per forward pass (default: all).
       sequential: calibrate each layer on the partially quantized model (True)
         or on the float model (False).

@@ -15,13 +15,13 @@ Array-level functions (straight-through gradients, eager and under ``jit``):
 Compressor factories (the weight side, to put in front of the model):
 :func:`binary_connect` (with ``ste="clipped"`` it is the weight side of
 Binarized Neural Networks) and :func:`xnor_binarization`. Their state is a
-:class:`~jaxcomp.quant.binary_core.BinaryState`: its ``__jaxcomp_info__``
+:class:`~jaxcomp.quant.binary.core.BinaryState`: its ``__jaxcomp_info__``
 reports ``weight_bits=1`` per binarized path, so
 :func:`jaxcomp.metrics.analyze` counts bit-operations at 1 bit, and
-:func:`~jaxcomp.quant.binary_core.binary_export` turns the binarized leaves
+:func:`~jaxcomp.quant.binary.core.binary_export` turns the binarized leaves
 into :class:`~jaxcomp.QArray` leaves (1-bit codes plus their scales) whose
 :func:`jaxcomp.metrics.model_size_bytes` is the real storage. Ternary
-weights and multiple binary bases live in :mod:`jaxcomp.quant.ternary`.
+weights and multiple binary bases live in :mod:`jaxcomp.quant.binary.ternary`.
 
 References:
   Courbariaux, Bengio, David, "BinaryConnect", arXiv:1511.00363.
@@ -47,7 +47,7 @@ from jax import lax
 from jaxcomp.core.base import Compressor
 from jaxcomp.core.keys import check_key
 from jaxcomp.core.leaves import QArray
-from jaxcomp.quant.binary_core import (
+from jaxcomp.quant.binary.core import (
     BinaryMethod,
     BinaryState,
     build_binary,

@@ -10,11 +10,11 @@ the same network with
   from :func:`~jaxcomp.quant.uniform.quantize`) and int8 activation codes
   (the unsigned codes of the asymmetric ranges shifted by ``-2^(b-1)``, so
   their zero points lie in ``[-128, 127]``);
-* int32 accumulation (:func:`~jaxcomp.quant.integer_ops.int_dense`,
-  :func:`~jaxcomp.quant.integer_ops.int_conv`) and int32 biases of scale
+* int32 accumulation (:func:`~jaxcomp.quant.integer.ops.int_dense`,
+  :func:`~jaxcomp.quant.integer.ops.int_conv`) and int32 biases of scale
   ``S_x S_w`` with the zero-point correction ``-Z_x Σ q_w`` folded in;
 * fixed-point requantization to the next layer's input range
-  (:func:`~jaxcomp.quant.integer_ops.requantize`), a ReLU fused as the
+  (:func:`~jaxcomp.quant.integer.ops.requantize`), a ReLU fused as the
   lower clamp, max-pooling and flattening on the codes.
 
 Only the model's input (quantized with the first layer's input range) and
@@ -55,7 +55,7 @@ from jax import lax
 
 from jaxcomp.core.errors import list_paths
 from jaxcomp.core.leaves import QArray
-from jaxcomp.quant.integer_ops import int_conv, int_dense, quantize_multiplier, requantize
+from jaxcomp.quant.integer.ops import int_conv, int_dense, quantize_multiplier, requantize
 from jaxcomp.quant.intercept import ActRange, ActRanges, range_scale
 from jaxcomp.quant.uniform import quantize, validate_bits
 from jaxcomp.select.paths import path_str
@@ -373,7 +373,7 @@ def export_integer(
         abstractly to read layer hyperparameters.
       variables: the trained variables (float kernels and biases; fold batch
         norms into them first, see
-        :func:`~jaxcomp.quant.integer_ops.fold_batchnorm`).
+        :func:`~jaxcomp.quant.integer.ops.fold_batchnorm`).
       ranges: the activation ranges of QAT: an input range for every layer
         and an output range for the last one (``ActQuant(outputs=True)``).
       program: the layer order and the steps between (see the module
