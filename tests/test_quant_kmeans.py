@@ -226,3 +226,25 @@ def test_bad_input_errors():
     # under jit the static arguments are still checked at trace time
     with pytest.raises(ValueError, match="bits=20"):
         jax.jit(lambda v: kmeans_quantize(v, bits=20))(w)
+
+
+@pytest.mark.parametrize("init", ["linear", "density"])
+def test_sharded_kernel_keeps_its_sharding_without_all_gather(init):
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from jaxcomp.parallel import make_mesh
+
+    mesh = make_mesh({"model": 8})
+    spec = NamedSharding(mesh, P(None, "model"))
+    host = np.random.default_rng(3).normal(size=(16, 64)).astype(np.float32)
+    w = jax.device_put(jnp.asarray(host), spec)
+    f = jax.jit(lambda v: kmeans_quantize(v, bits=3, init=init, n_iter=5, mask="nonzero"))
+    compiled = f.lower(w).compile()
+    hlo = compiled.as_text()
+    assert "all-gather" not in hlo and "all-reduce" in hlo  # partitioned: k-sized sums only
+    cb = compiled(w)
+    assert cb.indices.sharding.is_equivalent_to(spec, 2)
+    ref = f(jnp.asarray(host))  # the same program on one device
+    np.testing.assert_allclose(cb.centroids, ref.centroids, rtol=1e-5, atol=1e-6)  # sum order
+    np.testing.assert_array_equal(cb.indices, ref.indices)

@@ -24,6 +24,16 @@ centroid. Everything here runs in JAX and is jittable (``k``, ``n_iter``,
   :class:`~jaxcomp.Codebook` with ``2**bits`` entries.
 * :func:`kmeans_objective` is the within-cluster sum of squares.
 
+Sharding: the values keep their shape throughout (nothing is flattened),
+so a parameter sharded over devices stays sharded and is never gathered
+with the ``"linear"`` and ``"density"`` inits: assignment is elementwise,
+the per-centroid sums and counts are scatter-adds that XLA partitions into
+local sums and one ``k``-sized all-reduce, the density quantiles come from a
+sort-free bisection on counts, and the empty-cluster relocation uses max
+reductions instead of a sort. The labels keep the input's sharding. The
+``"random"`` and ``"kmeans++"`` inits draw from the flattened values and so
+gather a sharded parameter (once, before the Lloyd iterations).
+
 Pruned weights (``mask`` False) take no part: they move no centroid, get
 label ``-1`` from :func:`kmeans_1d`, and in :func:`kmeans_quantize` the
 reserved entry 0 of the codebook, which is exactly zero.
@@ -52,6 +62,7 @@ from jax import lax
 from jaxcomp.core.errors import concrete
 from jaxcomp.core.keys import check_key
 from jaxcomp.core.leaves import Codebook
+from jaxcomp.ops.kth import ordered_key
 
 __all__ = ["INITS", "RANDOM_INITS", "kmeans_1d", "kmeans_init", "kmeans_objective", "kmeans_quantize"]
 
@@ -118,7 +129,7 @@ def _mask(mask: Any, shape: tuple[int, ...], what: str) -> jax.Array | None:
     if tuple(mask.shape) != tuple(shape):
         raise ValueError(f"{what}: mask has shape {tuple(mask.shape)} but the values have "
                          f"{tuple(shape)}; pass one flag per weight")
-    return jnp.asarray(mask).reshape(-1)
+    return jnp.asarray(mask)
 
 
 def _prepare(x: Any, k: Any, init: str, key: Any, mask: Any, what: str):
@@ -131,9 +142,50 @@ def _prepare(x: Any, k: Any, init: str, key: Any, mask: Any, what: str):
             raise ValueError(f"{what}: init={init!r} needs key=jax.random.key(...)")
         check_key(key, f"{what}(key=)")
     m = _mask(mask, tuple(x.shape), what)
-    flat = x.reshape(-1).astype(jnp.float32)
+    flat = x.astype(jnp.float32)  # keeps x's shape (and sharding): nothing below flattens it
     valid = jnp.ones(flat.shape, bool) if m is None else m
     return flat, valid, k
+
+
+def _quantiles(flat: jax.Array, valid: jax.Array, k: int, n: jax.Array) -> jax.Array:
+    """The ``(i + 1/2)/k`` quantiles of the valid values, linearly interpolated, sort-free.
+
+    The order statistics are found by one bisection on the ordered float keys
+    (:func:`~jaxcomp.ops.kth.ordered_key`) for all ``2k`` ranks at once; each
+    pass only counts values below each pivot, a ``2k``-sized histogram that
+    XLA partitions over a sharded array (an all-reduce), never a gather.
+    """
+    pos = ((jnp.arange(k, dtype=jnp.float32) + 0.5) / k) * (n - 1).astype(jnp.float32)
+    lo_i = jnp.clip(jnp.floor(pos).astype(jnp.int32), 0, flat.size - 1)
+    hi_i = jnp.clip(lo_i + 1, 0, jnp.maximum(n - 1, 0))
+    frac = pos - lo_i.astype(jnp.float32)
+    rank = jnp.concatenate([lo_i, hi_i]) + 1  # 1-based ranks, nondecreasing within each half
+    key = jnp.where(valid, ordered_key(flat), np.uint32(0xFFFFFFFF))  # excluded: above all
+    m = rank.shape[0]
+
+    def step(_: Any, lohi: tuple) -> tuple:
+        lo, hi = lohi
+        piv = lo + (hi - lo) // np.uint32(2)
+        order = jnp.argsort(piv)
+        sp = piv[order]
+        # count(key <= sp[j]) = #keys whose number of pivots below them is <= j
+        below = jnp.searchsorted(sp, key, side="left", method="compare_all" if m <= 128
+                                 else "scan")
+        hist = jnp.zeros((m + 1,), jnp.int32).at[below].add(1)
+        cnt = jnp.zeros((m,), jnp.int32).at[order].set(jnp.cumsum(hist)[:m])
+        ok = cnt >= rank
+        return jnp.where(ok, lo, piv + np.uint32(1)), jnp.where(ok, piv, hi)
+
+    lo0 = jnp.zeros((m,), jnp.uint32)
+    _, t = lax.fori_loop(0, 32, step, (lo0, jnp.full((m,), 0xFFFFFFFF, jnp.uint32)))
+    v = _key_to_float(t)
+    a, b = v[:k], v[k:]
+    return a + frac * (b - a)
+
+
+def _key_to_float(key: jax.Array) -> jax.Array:
+    b = jnp.where((key & np.uint32(0x80000000)) != 0, key & np.uint32(0x7FFFFFFF), ~key)
+    return lax.bitcast_convert_type(b.astype(jnp.uint32), jnp.float32)
 
 
 def _init(flat: jax.Array, valid: jax.Array, k: int, init: str, key: Any) -> jax.Array:
@@ -147,16 +199,11 @@ def _init(flat: jax.Array, valid: jax.Array, k: int, init: str, key: Any) -> jax
         c = lo + (hi - lo) * t
     elif init == "density":
         # evenly spaced on the CDF: the (i + 1/2)/k quantiles, linear interpolation
-        srt = jnp.sort(jnp.where(valid, flat, jnp.inf))
-        pos = ((jnp.arange(k, dtype=jnp.float32) + 0.5) / k) * (n - 1).astype(jnp.float32)
-        lo_i = jnp.clip(jnp.floor(pos).astype(jnp.int32), 0, flat.size - 1)
-        hi_i = jnp.clip(lo_i + 1, 0, jnp.maximum(n - 1, 0))
-        frac = pos - lo_i.astype(jnp.float32)
-        a, b = srt[lo_i], srt[hi_i]
-        c = a + frac * (b - a)
+        c = _quantiles(flat, valid, k, n)
     elif init == "kmeans++":
-        c = _kmeanspp(flat, valid, k, key)
+        c = _kmeanspp(flat.reshape(-1), valid.reshape(-1), k, key)
     else:  # Forgy: k distinct participants uniformly at random (repeated when n < k)
+        flat, valid = flat.reshape(-1), valid.reshape(-1)  # the draw gathers a sharded array
         u = jax.random.uniform(key, flat.shape)
         order = jnp.argsort(jnp.where(valid, -u, jnp.inf))  # participants first, random order
         pick = order[jnp.arange(k) % jnp.maximum(n, 1)]
@@ -207,12 +254,35 @@ def _relocate(flat: jax.Array, valid: jax.Array, c: jax.Array, lab: jax.Array,
     k = c.shape[0]
     empty = cnt == 0
     d = jnp.where(valid, jnp.square(flat - c[lab]), -1.0)
-    far_d, far_i = lax.top_k(d, min(k, flat.shape[0]))
+    # the farthest values in decreasing distance (ties: lowest row-major index first), one
+    # per empty cluster, by repeated max reductions: no sort or top_k, which would gather a
+    # sharded array
+    size = flat.size
+    strides = np.cumprod((1,) + flat.shape[:0:-1])[::-1] if flat.ndim else np.ones(0, int)
+    idx = sum((lax.broadcasted_iota(jnp.int32, flat.shape, a) * int(strides[a])
+               for a in range(flat.ndim)), jnp.zeros(flat.shape, jnp.int32))
+    n_take = jnp.minimum(jnp.sum(empty.astype(jnp.int32)), size)
+
+    def take(carry: tuple) -> tuple:
+        r, d, far_d, xs, olds = carry
+        top = jnp.max(d)
+        at = idx == jnp.min(jnp.where(d == top, idx, size))
+        xs = xs.at[r].set(jnp.sum(jnp.where(at, flat, 0.0)))
+        olds = olds.at[r].set(jnp.sum(jnp.where(at, lab, 0)))
+        return r + 1, jnp.where(at, -1.0, d), far_d.at[r].set(top), xs, olds
+
+    def more(carry: tuple) -> jax.Array:
+        r, _, far_d, _, _ = carry
+        return (r < n_take) & ((r == 0) | (far_d[jnp.maximum(r - 1, 0)] > 0))
+
+    init = (jnp.int32(0), d, jnp.full((k,), -1.0, jnp.float32), jnp.zeros((k,), jnp.float32),
+            jnp.zeros((k,), jnp.int32))
+    _, _, far_d, xs, olds = lax.while_loop(more, take, init)
     rank = jnp.cumsum(empty.astype(jnp.int32)) - 1
-    r = jnp.clip(rank, 0, far_i.shape[0] - 1)
-    ok = empty & (rank < far_i.shape[0]) & (far_d[r] > 0)
-    xp = flat[far_i[r]]
-    old = lab[far_i[r]]
+    r = jnp.clip(rank, 0, k - 1)
+    ok = empty & (rank < min(k, size)) & (far_d[r] > 0)
+    xp = xs[r]
+    old = olds[r]
     sums = sums - jax.ops.segment_sum(jnp.where(ok, xp, 0.0), old, num_segments=k)
     cnt = cnt - jax.ops.segment_sum(ok.astype(cnt.dtype), old, num_segments=k)
     return jnp.where(ok, xp, sums), jnp.where(ok, 1.0, cnt)
@@ -223,8 +293,9 @@ def _lloyd_step(_: Any, carry: tuple) -> tuple:
     c, flat, valid = carry
     k = c.shape[0]
     lab = _assign(flat, c)
-    sums = jax.ops.segment_sum(jnp.where(valid, flat, 0.0), lab, num_segments=k)
-    cnt = jax.ops.segment_sum(valid.astype(jnp.float32), lab, num_segments=k)
+    # scatter-adds on x's own shape: over a sharded array, local sums and one k-sized all-reduce
+    sums = jnp.zeros((k,), jnp.float32).at[lab].add(jnp.where(valid, flat, 0.0))
+    cnt = jnp.zeros((k,), jnp.float32).at[lab].add(valid.astype(jnp.float32))
     sums, cnt = lax.cond(jnp.any(cnt == 0) & jnp.any(valid), _relocate,
                          lambda *a: (a[4], a[5]), flat, valid, c, lab, sums, cnt)
     new = jnp.where(cnt > 0, sums / jnp.maximum(cnt, 1.0), c)
@@ -275,7 +346,7 @@ def kmeans_init(
       x: a floating-point array (all its elements are clustered).
       k: number of centroids, in ``[1, 65536]``.
       init: ``"linear"`` (evenly spaced over ``[min, max]``), ``"density"``
-        (the ``(i + 1/2)/k`` quantiles, by one sort), ``"random"`` (Forgy:
+        (the ``(i + 1/2)/k`` quantiles, found without sorting), ``"random"`` (Forgy:
         ``k`` distinct elements; repeated when fewer than ``k`` take part) or
         ``"kmeans++"`` (greedy k-means++ seeding).
       key: PRNG key, needed by ``"random"`` and ``"kmeans++"``.
@@ -355,7 +426,7 @@ def kmeans_1d(
                          "starts from the same centroids")
 
     c, lab = _kmeans(flat, valid, key, k, init, n_iter, n_init)
-    return c, lab.reshape(jnp.shape(x))
+    return c, lab
 
 
 def kmeans_objective(
@@ -420,6 +491,10 @@ def kmeans_quantize(
       n_init: restarts of a random init (see :func:`kmeans_1d`).
       mask: ``None``, a bool array of ``w``'s shape (True = kept), or
         ``"nonzero"``.
+
+    With ``init="linear"`` or ``"density"`` a sharded ``w`` is never
+    gathered and the indices keep its sharding; ``"random"`` and
+    ``"kmeans++"`` gather the values for their draw.
 
     Returns:
       A :class:`~jaxcomp.Codebook` whose ``centroids`` have ``w``'s dtype
